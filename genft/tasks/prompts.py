@@ -1,0 +1,78 @@
+"""Prompt text: templates, the answer separator, demos and the k-shot prompt.
+
+One rule, used identically by training and evaluation (tested in tests/test_prompts.py):
+
+* **Separator.** The answer follows the prompt after one space, unless the prompt
+  already ends in whitespace (e.g. NLI Prompt-2 "The relation is "). The study's
+  code used no space after the colon; with BPE tokenizers like SmolLM2's and
+  Llama's, " positive" is one word token while ":positive" splits unnaturally, so
+  ``prompt + " " + answer`` tokenizes as ``tokens(prompt) + tokens(" answer")``.
+* **Terminator.** Every answer a model sees or learns ends with a blank line
+  (``"\\n\\n"``); generation is cut at the first blank line. A demo is therefore
+  ``prompt(demo) + separator + answer + "\\n\\n"``, and k demos are concatenated
+  before ``prompt(query)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from genft.errors import GenftError
+
+TERMINATOR = "\n\n"
+
+# Immutable sandbox: templates can read fields but reach no Python internals.
+# keep_trailing_newline: a prompt's exact text is the study's, to the last character.
+_ENV = ImmutableSandboxedEnvironment(
+    undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False
+)
+
+
+def check_template(template: str, fields: set[str], where: str) -> None:
+    """Fail early on syntax errors or fields the task does not define."""
+    try:
+        used = meta.find_undeclared_variables(_ENV.parse(template))
+    except TemplateSyntaxError as e:
+        raise GenftError(f"{where}: template syntax error on line {e.lineno}: {e.message}") from None
+    unknown = sorted(used - fields)
+    if unknown:
+        raise GenftError(
+            f"{where}: template uses undefined field(s) {unknown}; defined fields: {sorted(fields)}"
+        )
+
+
+def render(template: str, record: dict) -> str:
+    try:
+        return _ENV.from_string(template).render(**record)
+    except SecurityError as e:
+        raise GenftError(f"template refused by the sandbox: {e}") from None
+    except UndefinedError as e:
+        raise GenftError(f"template: {e.message}") from None
+
+
+def separator(prompt: str) -> str:
+    """What goes between a prompt and its answer (see the module docstring)."""
+    return "" if not prompt or prompt[-1].isspace() else " "
+
+
+def target_text(prompt: str, answer: str) -> str:
+    """The text a model should produce after ``prompt``: separator, answer, terminator."""
+    return separator(prompt) + answer + TERMINATOR
+
+
+def cut_generation(text: str) -> str:
+    """A generated answer ends at the first blank line (the terminator)."""
+    return text.split(TERMINATOR, 1)[0].strip()
+
+
+def kshot_prompt(template: str, query: dict, demos: Sequence[dict]) -> str:
+    """k demos (each with its answer and terminator) followed by the query's prompt."""
+    parts = []
+    for demo in demos:
+        p = render(template, demo)
+        parts.append(p + target_text(p, demo["output"]))
+    return "".join(parts) + render(template, query)

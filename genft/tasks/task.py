@@ -1,0 +1,265 @@
+"""A loaded task: its validated spec and its deterministic train / few-shot / dev / test records.
+
+A *record* is a plain dict: the prompt fields named in the YAML's ``fields``,
+``output`` (the gold answer: a label word or a reference text) and ``id``
+(``"<split>:<row>"`` in the source, stable across runs).
+
+Splits are deterministic and disjoint: the rows of each source split are
+filtered, shuffled with the task's seed, and the roles drawing on that split take
+consecutive slices in the order test, fewshot, dev, train. Adding a train split
+therefore never changes the test items.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from genft.errors import GenftError, did_you_mean
+from genft.tasks.prompts import check_template, kshot_prompt, render
+from genft.tasks.schema import FORMATS, ROLES, Condition, LabelSpec, SplitSpec, TaskSpec
+from genft.tasks.sources import fingerprint, read_source
+
+
+@dataclass
+class Task:
+    spec: TaskSpec
+    path: Path
+    _records: dict[str, list[dict]] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    @property
+    def type(self) -> str:
+        return self.spec.type
+
+    @property
+    def labels(self) -> list[str]:
+        return self.spec.label.words if self.spec.label else []
+
+    @property
+    def has_train(self) -> bool:
+        return self.spec.splits.train is not None
+
+    def records(self, role: str) -> list[dict]:
+        """The records of one role: test, fewshot, dev or train."""
+        if role not in ROLES:
+            raise ValueError(role)
+        if self._records is None:
+            self._records = _build_records(self.spec, self.path.parent, self.path)
+        if role not in self._records:
+            raise GenftError(f"task {self.name!r} defines no {role!r} split ({self.path})")
+        return self._records[role]
+
+    def render(self, record: dict, fmt: str = "prompt1") -> str:
+        return render(self.spec.template(fmt), record)
+
+    def prompt(self, query: dict, demos: list[dict], fmt: str = "prompt1") -> str:
+        return kshot_prompt(self.spec.template(fmt), query, demos)
+
+    @cached_property
+    def data_hash(self) -> str:
+        """Changes when the data or anything that selects it changes."""
+        import hashlib
+
+        spec_part = self.spec.model_dump_json(include={"source", "fields", "output", "label", "where",
+                                                       "splits", "seed"})
+        h = hashlib.sha256(spec_part.encode())
+        h.update(fingerprint(self.spec.source, self.path.parent).encode())
+        return h.hexdigest()[:16]
+
+    def sizes(self) -> dict[str, int]:
+        return {role: len(self._records_or_build().get(role, [])) for role in ROLES
+                if getattr(self.spec.splits, role) is not None}
+
+    def _records_or_build(self) -> dict[str, list[dict]]:
+        self.records("test")
+        return self._records
+
+
+def load_task_file(path: Path) -> Task:
+    """Parse and validate one task YAML; every problem is a GenftError naming the file."""
+    text = _read_text(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise GenftError(f"{where}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(data, dict):
+        raise GenftError(f"{path}: expected a mapping of task settings at the top level")
+    try:
+        spec = TaskSpec.model_validate(data)
+    except ValidationError as e:
+        raise GenftError(validation_message(path, text, e, TaskSpec)) from None
+    fields = set(spec.fields)
+    for fmt in FORMATS:
+        check_template(spec.template(fmt), fields, f"{path}: {fmt}")
+    return Task(spec, path)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GenftError(f"file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise GenftError(f"{path}: not UTF-8 text") from None
+
+
+def validation_message(path: Path, text: str, err: ValidationError, model: type) -> str:
+    """First pydantic error as one line: file:line: field: problem (did you mean …)."""
+    e = err.errors()[0]
+    loc = [str(p) for p in e["loc"]]
+    key = loc[-1] if loc else ""
+    line = _line_of(text, key)
+    where = f"{path}:{line}" if line else str(path)
+    field_path = ".".join(loc)
+    if e["type"] == "extra_forbidden":
+        valid = _valid_keys(model, loc[:-1])
+        return f"{where}: unknown key {field_path!r}{did_you_mean(key, valid)}"
+    if e["type"] == "missing":
+        return f"{where}: missing required key {field_path!r}"
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{where}: {field_path or 'task'}: {msg}" + (f" (got {e['input']!r})" if loc else "")
+
+
+def _line_of(text: str, key: str) -> int | None:
+    if not key or key.isdigit():
+        return None
+    m = re.search(rf"^\s*-?\s*{re.escape(key)}\s*:", text, re.M)
+    return text.count("\n", 0, m.start()) + 1 if m else None
+
+
+def _valid_keys(model: type, loc: list[str]) -> list[str]:
+    """The field names valid at a nested location of a pydantic model."""
+    for part in loc:
+        if part.isdigit():
+            continue
+        info = model.model_fields.get(part)
+        if info is None:
+            return []
+        ann = info.annotation
+        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type)]
+        model = next((a for a in [ann, *args] if isinstance(a, type) and hasattr(a, "model_fields")),
+                     None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+# ---------------------------------------------------------------- records
+
+
+def _build_records(spec: TaskSpec, base_dir: Path, path: Path) -> dict[str, list[dict]]:
+    roles = {r: s for r in ROLES if (s := getattr(spec.splits, r)) is not None}
+    raw = read_source(spec.source, base_dir, {s.split for s in roles.values()})
+    out: dict[str, list[dict]] = {}
+    for split in dict.fromkeys(s.split for s in roles.values()):
+        if split not in raw:
+            raise GenftError(f"{path}: source has no split {split!r} (it has {sorted(raw)})")
+        records = _to_records(spec, raw[split], split, path)
+        random.Random(spec.seed).shuffle(records)
+        for role, split_spec in roles.items():
+            if split_spec.split == split:
+                out[role], records = _take(split_spec, records, spec.label)
+    return out
+
+
+def _to_records(spec: TaskSpec, rows: list[dict], split: str, path: Path) -> list[dict]:
+    records = []
+    for i, row in enumerate(rows, 1):
+        where = f"{path}: split {split!r} row {i}"
+        if not all(_holds(c, row, where) for c in spec.where):
+            continue
+        rec = {}
+        for name, column in spec.fields.items():
+            rec[name] = str(_column(row, column, where, f"field {name!r}"))
+        if spec.label is not None:
+            label = _label(spec.label, _column(row, spec.label.column, where, "label"), where)
+            if label is None:
+                continue
+            rec["output"] = label
+        else:
+            rec["output"] = str(_column(row, spec.output, where, "output")).strip()
+        rec["id"] = f"{split}:{i}"
+        records.append(rec)
+    return records
+
+
+def _column(row: dict, column: str, where: str, role: str):
+    value = row.get(column)
+    if value is None:
+        raise GenftError(f"{where}: missing column {column!r} (needed for {role}); "
+                         f"row has {sorted(row)}")
+    return value
+
+
+def _holds(cond: Condition, row: dict, where: str) -> bool:
+    """Whether a row passes a `where` condition; an empty or absent value never does."""
+    if cond.column not in row:
+        raise GenftError(f"{where}: missing column {cond.column!r} (needed for a `where` condition)")
+    value = row.get(cond.column)
+    if value is None or value == "":
+        return False
+    if cond.op in ("in", "not in"):
+        inside = str(value) in {str(v) for v in cond.value}
+        return inside if cond.op == "in" else not inside
+    if cond.op in ("==", "!="):
+        equal = str(value) == str(cond.value)
+        return equal if cond.op == "==" else not equal
+    try:
+        a, b = float(value), float(cond.value)
+    except (TypeError, ValueError):
+        raise GenftError(f"{where}: {cond.column}={value!r} is not a number for {cond.op!r}") from None
+    return {">=": a >= b, "<=": a <= b, ">": a > b, "<": a < b}[cond.op]
+
+
+def _label(spec: LabelSpec, raw, where: str) -> str | None:
+    """Map a raw gold value to a label word; None drops the row (``label.drop``)."""
+    key = str(raw).strip()
+    if key in spec.drop:
+        return None
+    if spec.binarize:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise GenftError(f"{where}: label {raw!r} is not a number to binarize") from None
+        return spec.binarize.above if value >= spec.binarize.threshold else spec.binarize.below
+    if spec.map:
+        if key not in spec.map:
+            raise GenftError(f"{where}: label {key!r} is not in label.map {sorted(spec.map)} "
+                             f"(add it, or list it under label.drop)")
+        return spec.map[key]
+    if key not in spec.words:
+        raise GenftError(f"{where}: label {key!r} is not among the label words {spec.words} "
+                         f"(map it with label.map, or list it under label.drop)")
+    return key
+
+
+def _take(split: SplitSpec, records: list[dict], label: LabelSpec | None):
+    """Take this role's records off the front; return (taken, rest)."""
+    size = split.size if split.size is not None else len(records)
+    if not (split.balance and label):
+        return records[:size], records[size:]
+    by_label = defaultdict(list)
+    for r in records:
+        by_label[r["output"]].append(r)
+    per_label = size // len(label.words)
+    columns = [by_label[w][:per_label] for w in label.words]
+    taken = [r for group in zip(*columns) for r in group]  # interleaved: neg, pos, neg, pos, …
+    chosen = {id(r) for r in taken}
+    return taken, [r for r in records if id(r) not in chosen]
