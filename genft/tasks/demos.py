@@ -84,7 +84,7 @@ class BM25Nearest(DemoSampler):
 
 
 def _text(record: dict) -> str:
-    return " ".join(v for k, v in record.items() if k not in ("output", "id"))
+    return " ".join(v for k, v in record.items() if k not in ("output", "id", "references"))
 
 
 def make_sampler(name: str, pool: list[dict], k: int, labels: list[str] = (), seed: int = 0

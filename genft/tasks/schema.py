@@ -60,6 +60,23 @@ class Condition(_Strict):
     value: Any
 
 
+class Pick(_Strict):
+    """Choose the column to read by another column's value.
+
+    SocialIQA's correct answer is one of ``answerA``/``answerB``/``answerC``, named by
+    ``label`` ("1"/"2"/"3"): ``{by: label, columns: {"1": answerA, "2": answerB, "3": answerC}}``.
+    """
+
+    by: str
+    columns: dict[str, str] = Field(min_length=1)
+
+
+# A column reference: a column name, or a path into nested values ("translation.en",
+# "answer.value", "answers.0" — an integer step indexes a list), or a Pick. An exact
+# column name always wins over a path, so column names containing dots keep working.
+ColumnRef = str | Pick
+
+
 class Binarize(_Strict):
     """Turn a numeric column into two labels: ``>= threshold`` -> ``above``, else ``below``."""
 
@@ -71,7 +88,7 @@ class Binarize(_Strict):
 class LabelSpec(_Strict):
     """How a classification task's gold answer is read from a row."""
 
-    column: str
+    column: ColumnRef
     words: list[str] = Field(min_length=2)
     map: dict[str, str] | None = None
     binarize: Binarize | None = None
@@ -125,10 +142,16 @@ class TaskSpec(_Strict):
         "in", description="in-domain or out-of-domain with respect to the family's training data"
     )
     source: SourceSpec
-    fields: dict[str, str] = Field(
-        description="prompt field name -> source column", min_length=1
+    fields: dict[str, ColumnRef] = Field(
+        description="prompt field name -> source column (or path, or pick)", min_length=1
     )
-    output: str | None = Field(None, description="generation tasks: the column holding the answer")
+    output: ColumnRef | None = Field(
+        None, description="generation tasks: the column holding the answer"
+    )
+    references: str | None = Field(
+        None, description="generation tasks: a column holding the list of all acceptable answers "
+                          "(record key `references`; metrics score the best match)"
+    )
     label: LabelSpec | None = None
     where: list[Condition] = []
     metrics: list[Metric] = Field(min_length=1)
@@ -152,8 +175,11 @@ class TaskSpec(_Strict):
             wrong = set(self.metrics) - GENERATION_METRICS
         if wrong:
             raise ValueError(f"metrics {sorted(wrong)} do not apply to {self.type} tasks")
-        if "output" in self.fields:
-            raise ValueError("`output` is reserved for the answer; rename that field")
+        reserved = {"output", "id", "references"} & set(self.fields)
+        if reserved:
+            raise ValueError(f"field name(s) {sorted(reserved)} are reserved; rename them")
+        if self.references is not None and self.type != "generation":
+            raise ValueError("`references` applies to generation tasks only")
         return self
 
     def template(self, fmt: str) -> str:

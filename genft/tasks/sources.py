@@ -12,7 +12,12 @@ import hashlib
 import io
 import importlib.util
 import json
+import os
+import socket
+from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 from genft.errors import GenftError
 from genft.tasks.schema import SourceSpec
@@ -54,6 +59,9 @@ def fingerprint(source: SourceSpec, base_dir: Path) -> str:
     h = hashlib.sha256()
     if source.kind == "hub":
         h.update(f"{source.dataset}|{source.config}|{source.revision}".encode())
+        if os.environ.get(MIRROR_ENV):  # mirrored data is other data: hash its files
+            for split, f in sorted(mirror_files(source, Path(os.environ[MIRROR_ENV])).items()):
+                h.update(split.encode() + hashlib.sha256(f.read_bytes()).digest())
         return h.hexdigest()[:16]
     for split, path in sorted(source_files(source, base_dir).items()):
         h.update(split.encode())
@@ -135,19 +143,88 @@ def _read_text_folder(root: Path, encoding: str) -> Rows:
     return rows
 
 
+MIRROR_ENV = "GENFT_HUB_MIRROR"
+_MIRROR_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
 def _read_hub(source: SourceSpec, splits: set[str]) -> dict[str, Rows]:
-    """Load a Hub dataset by name (or a local dataset folder). Offline, a Hub name fails clearly."""
+    """Load a Hub dataset through ``datasets.load_dataset``.
+
+    A split may carry the ``datasets`` slice syntax ("train[:20000]") so that a huge
+    split is never materialized whole. With ``GENFT_HUB_MIRROR=DIR`` set, the dataset
+    is read from local files instead (see :func:`mirror_files`), through the same
+    ``load_dataset`` call with a file builder, so offline tests exercise this code.
+    """
     import datasets
 
     name = source.dataset + (f"/{source.config}" if source.config else "")
+    mirror = os.environ.get(MIRROR_ENV)
     out = {}
     for split in sorted(splits):
         try:
-            ds = datasets.load_dataset(
-                source.dataset, source.config, split=split, revision=source.revision
-            )
+            if mirror:
+                files = mirror_files(source, Path(mirror))
+                base = _base_split(split)
+                if base not in files:
+                    raise GenftError(f"{MIRROR_ENV}: no file for split {base!r} of {name!r} "
+                                     f"(found {sorted(files)})")
+                builder = _MIRROR_BUILDERS[files[base].suffix]
+                ds = datasets.load_dataset(builder, data_files={base: str(files[base])},
+                                           split=split)
+            else:
+                with _offline_if_unreachable():
+                    ds = datasets.load_dataset(source.dataset, source.config, split=split,
+                                               revision=source.revision)
+        except GenftError:
+            raise
         except Exception as e:  # network, auth, unknown dataset or split: all user-facing
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise GenftError(f"cannot load split {split!r} of Hub dataset {name!r}: {msg}") from None
         out[split] = ds.to_list()
     return out
+
+
+def mirror_files(source: SourceSpec, mirror: Path) -> dict[str, Path]:
+    """A mirrored Hub dataset's files by split: ``DIR/org/name[/config]/<split>.<ext>``
+    (ext: jsonl, json, csv or parquet). The revision is not part of the path."""
+    folder = mirror / source.dataset / (source.config or "")
+    files = {f.name.split(".")[0]: f for f in sorted(folder.glob("*"))
+             if f.is_file() and f.suffix in _MIRROR_BUILDERS} if folder.is_dir() else {}
+    if not files:
+        raise GenftError(f"{MIRROR_ENV}: Hub dataset {source.dataset!r}"
+                         f"{f' config {source.config!r}' if source.config else ''} is not mirrored "
+                         f"(expected {folder}/<split>.jsonl)")
+    return files
+
+
+def _base_split(split: str) -> str:
+    """"train[:20000]" -> "train" (the slice is applied by ``datasets``)."""
+    return split.split("[", 1)[0].strip()
+
+
+@contextmanager
+def _offline_if_unreachable():
+    """Use only the local cache when the Hub cannot be reached: otherwise every dataset
+    retries for ~25 s before failing, and `genft tasks` would take many minutes offline."""
+    import datasets.config
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE or _hub_reachable(hub.ENDPOINT):
+        yield
+        return
+    saved = hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
+@lru_cache(maxsize=4)
+def _hub_reachable(endpoint: str) -> bool:
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
+        return True
+    except OSError:
+        return False

@@ -24,7 +24,9 @@ from pydantic import ValidationError
 
 from genft.errors import GenftError, did_you_mean
 from genft.tasks.prompts import check_template, kshot_prompt, render
-from genft.tasks.schema import FORMATS, ROLES, Condition, LabelSpec, SplitSpec, TaskSpec
+from genft.tasks.schema import (
+    FORMATS, ROLES, ColumnRef, Condition, LabelSpec, Pick, SplitSpec, TaskSpec,
+)
 from genft.tasks.sources import fingerprint, read_source
 
 
@@ -187,33 +189,74 @@ def _to_records(spec: TaskSpec, rows: list[dict], split: str, path: Path) -> lis
             continue
         rec = {}
         for name, column in spec.fields.items():
-            rec[name] = str(_column(row, column, where, f"field {name!r}"))
+            rec[name] = _text(_column(row, column, where, f"field {name!r}"), column, where)
         if spec.label is not None:
             label = _label(spec.label, _column(row, spec.label.column, where, "label"), where)
             if label is None:
                 continue
             rec["output"] = label
         else:
-            rec["output"] = str(_column(row, spec.output, where, "output")).strip()
+            rec["output"] = _text(_column(row, spec.output, where, "output"), spec.output,
+                                  where).strip()
+        if spec.references is not None:
+            refs = _column(row, spec.references, where, "references")
+            if not isinstance(refs, list) or not refs:
+                raise GenftError(f"{where}: references column {spec.references!r} must hold a "
+                                 f"non-empty list of answers, got {refs!r}")
+            rec["references"] = [str(r).strip() for r in refs]
         rec["id"] = f"{split}:{i}"
         records.append(rec)
     return records
 
 
-def _column(row: dict, column: str, where: str, role: str):
+def _column(row: dict, column: ColumnRef, where: str, role: str):
+    """The value a column reference names: a column, a path ("a.b.0") or a Pick."""
+    if isinstance(column, Pick):
+        key = str(_column(row, column.by, where, role)).strip()
+        if key not in column.columns:
+            raise GenftError(f"{where}: {column.by}={key!r} is not among the pick's keys "
+                             f"{sorted(column.columns)} (needed for {role})")
+        return _column(row, column.columns[key], where, role)
     value = row.get(column)
+    if value is None and column not in row and "." in column:
+        value = row
+        for step in column.split("."):
+            if isinstance(value, dict):
+                value = value.get(step)
+            elif isinstance(value, list) and step.isdigit() and int(step) < len(value):
+                value = value[int(step)]
+            else:
+                value = None
+            if value is None:
+                break
     if value is None:
         raise GenftError(f"{where}: missing column {column!r} (needed for {role}); "
                          f"row has {sorted(row)}")
     return value
 
 
+def _text(value, column: ColumnRef, where: str) -> str:
+    """A prompt field or answer must be one text; a list or mapping needs a path step."""
+    if isinstance(value, (list, dict)):
+        hint = "0" if isinstance(value, list) else next(iter(value), "key")
+        raise GenftError(f"{where}: column {column!r} holds a {type(value).__name__}, not a text; "
+                         f"pick one element, e.g. {column}.{hint}")
+    return str(value)
+
+
 def _holds(cond: Condition, row: dict, where: str) -> bool:
-    """Whether a row passes a `where` condition; an empty or absent value never does."""
-    if cond.column not in row:
+    """Whether a row passes a `where` condition; an empty or absent value never does.
+
+    A plain column must exist (a typo fails loudly); a path ("answers.0") that leads
+    nowhere counts as an absent value, so `where` can drop rows with empty lists.
+    """
+    if cond.column not in row and "." not in cond.column:
         raise GenftError(f"{where}: missing column {cond.column!r} (needed for a `where` condition)")
-    value = row.get(cond.column)
-    if value is None or value == "":
+    try:
+        value = _column(row, cond.column, where, "where")
+    except GenftError:
+        return False
+    if value == "" or value == []:
         return False
     if cond.op in ("in", "not in"):
         inside = str(value) in {str(v) for v in cond.value}
@@ -251,15 +294,23 @@ def _label(spec: LabelSpec, raw, where: str) -> str | None:
 
 
 def _take(split: SplitSpec, records: list[dict], label: LabelSpec | None):
-    """Take this role's records off the front; return (taken, rest)."""
+    """Take this role's records off the front; return (taken, rest).
+
+    Balanced: the same number per label, interleaved in label-word order; labels a
+    split never has (RTE's "contradiction" when mapped to 3-way NLI) are left out,
+    not allowed to empty the pool. Fewer rows than ``size``: take what there is.
+    """
     size = split.size if split.size is not None else len(records)
     if not (split.balance and label):
         return records[:size], records[size:]
     by_label = defaultdict(list)
     for r in records:
         by_label[r["output"]].append(r)
-    per_label = size // len(label.words)
-    columns = [by_label[w][:per_label] for w in label.words]
+    present = [w for w in label.words if by_label[w]]
+    if not present:
+        return [], records
+    per_label = size // len(present)
+    columns = [by_label[w][:per_label] for w in present]
     taken = [r for group in zip(*columns) for r in group]  # interleaved: neg, pos, neg, pos, …
     chosen = {id(r) for r in taken}
     return taken, [r for r in records if id(r) not in chosen]
