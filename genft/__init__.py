@@ -1,3 +1,19 @@
-"""genft: fine-tune causal LMs and measure how what they learned generalizes."""
+"""genft: fine-tune causal LMs and measure how what they learned generalizes.
+
+Notebook API (see docs/api.md): ``genft.run``, ``genft.train``, ``genft.evaluate``,
+``genft.load_results``, ``genft.write_report``. They are imported on first use, so that
+``import genft`` stays fast.
+"""
 
 __version__ = "0.1.0"
+
+_API = ("run", "train", "evaluate", "load_results", "write_report")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name):
+    if name in _API:
+        from genft import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'genft' has no attribute {name!r}")

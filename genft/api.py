@@ -1,0 +1,62 @@
+"""The notebook API: everything the CLI does, one call each.
+
+    import genft
+    outcome = genft.run("examples/quickstart.yaml", out="runs/quickstart")  # = genft run
+    df = genft.load_results("runs/quickstart")                              # tidy pandas table
+    ckpt = genft.train(tasks=["tweet_sentiment"], method="ft", steps=40, out="runs/ft")
+    cell = genft.evaluate(ckpt, "bbc_headline", shots=1)                    # one CellResult
+
+See docs/api.md for a worked example.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def run(config, out: str | Path | None = None, *, dry_run: bool = False, progress: bool = True,
+        report: bool = True):
+    """Run (or resume) the grid of ``config`` (a YAML path, a dict or an ExperimentConfig).
+
+    Returns a RunOutcome: ``out``, ``plan``, ``computed`` (cells computed by this call),
+    ``trained`` (jobs trained by this call) and ``report`` (the HTML path)."""
+    from genft.experiments.runner import run_experiment
+
+    return run_experiment(config, out, dry_run=dry_run, progress=progress, report=report)
+
+
+def train(*, out: str | Path, progress: bool = True, resume: bool = False, **settings) -> Path:
+    """Train one model (= `genft train`); ``settings`` are TrainConfig fields
+    (model, tasks, method, steps, lr, ...). Returns the final checkpoint directory."""
+    from genft.training import TrainConfig, train as _train
+
+    return Path(_train(TrainConfig(**settings, out=str(out)), progress=progress, resume=resume))
+
+
+def evaluate(model, task, shots: int = 0, fmt: str = "prompt1", **kwargs):
+    """Evaluate one cell. ``model``: a name, a checkpoint directory or a LoadedModel;
+    ``task``: a task name or Task. Keyword arguments go to evaluate_cell (sampler, limit,
+    batch_size, seed, scoring, progress). Returns a CellResult."""
+    from genft.evaluation import evaluate_cell
+    from genft.models import load_model
+    from genft.tasks import registry
+
+    loaded = load_model(str(model)) if isinstance(model, (str, Path)) else model
+    task = registry().get(task) if isinstance(task, str) else task
+    return evaluate_cell(loaded, task, shots, fmt, **kwargs)
+
+
+def load_results(out: str | Path) -> pd.DataFrame:
+    """The tidy results of an output directory: one row per (cell, metric)."""
+    from genft.experiments.results import load_results as _load
+
+    return _load(out)
+
+
+def write_report(out: str | Path) -> Path:
+    """(Re)write OUT/report.html and OUT/report.md; returns the HTML path."""
+    from genft.report import build_report
+
+    return build_report(out)

@@ -1,0 +1,57 @@
+"""`genft run`, `genft report` and `genft results`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULT_FORMATS = ("csv", "json", "parquet")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "run", help="run a generalization grid from a config (resumable)",
+        description="Train every method of CONFIG on its train tasks, evaluate the base model and "
+                    "every trained model on every test set / shot count / format, store each result "
+                    "in OUT/results.db as it is computed, and write OUT/report.html. Running the "
+                    "same command again computes only what is missing.")
+    p.add_argument("config", help="experiment YAML (see docs/config.md)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<config name>)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (training runs, cells, tokens to process) and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="(re)write the HTML + Markdown report of an output directory",
+                       description="Write DIR/report.html (self-contained) and DIR/report.md.")
+    p.add_argument("dir", help="a `genft run` output directory")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("results", help="export the tidy results table (one row per cell and metric)",
+                       description="Export DIR's results as a tidy table: one row per evaluation "
+                                   "cell and metric, ready for pandas.")
+    p.add_argument("dir", help="a `genft run` output directory")
+    p.add_argument("--format", choices=RESULT_FORMATS, default="csv")
+    p.add_argument("--output", "-o", metavar="FILE", help="default: DIR/results.<format>")
+    p.set_defaults(func=cmd_results)
+
+
+def cmd_run(args) -> None:
+    from genft.experiments.runner import run_experiment
+
+    run_experiment(args.config, args.out, dry_run=args.dry_run, progress=not args.no_progress,
+                   report=not args.no_report)
+
+
+def cmd_report(args) -> None:
+    from genft.experiments.store import Store
+    from genft.report import build_report
+
+    Store.open_existing(args.dir).close()  # a clear error for a directory without results
+    print(build_report(Path(args.dir)))
+
+
+def cmd_results(args) -> None:
+    from genft.experiments.results import export_results
+
+    print(export_results(args.dir, args.format, args.output))

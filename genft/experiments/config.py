@@ -1,0 +1,171 @@
+"""The experiment config: one YAML file that names a whole generalization grid.
+
+It is pure data, validated by pydantic (unknown keys are errors with the nearest
+valid name, reported as ``file:line: field: problem``). docs/config.md documents
+every key; examples/*.yaml are complete configs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from genft.errors import GenftError
+from genft.models import DEFAULT_MODEL
+from genft.tasks.demos import SAMPLERS
+from genft.tasks.schema import FORMATS
+
+METHODS = ("ft", "fticl", "lora", "prompt-tuning", "promot", "multitask", "joint")
+Method = Literal["ft", "fticl", "lora", "prompt-tuning", "promot", "multitask", "joint"]
+Format = Literal["prompt1", "prompt2"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Training(_Strict):
+    """Settings shared by every training method (each method may override them)."""
+
+    steps: int | None = Field(None, gt=0, description="optimizer steps (default 40 unless `epochs`)")
+    epochs: float | None = Field(None, gt=0, description="passes over the training set")
+    lr: float | None = Field(None, gt=0, description="default: the trainer's per-method default")
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    max_length: int = Field(512, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_length(cls, data):
+        if isinstance(data, dict):
+            if data.get("steps") is not None and data.get("epochs") is not None:
+                raise ValueError("set `steps` or `epochs`, not both")
+            if data.get("steps") is None and data.get("epochs") is None:
+                data = {**data, "steps": 40}
+        return data
+
+
+class MethodSpec(BaseModel):
+    """One training method of the grid. ``method`` defaults to the entry's name, so
+    ``ft: {}`` is FT and ``ft-low-lr: {method: ft, lr: 1e-4}`` a second FT variant.
+    The shared training keys override ``training:``; any other key (``prompt_steps``,
+    ``lora_r``, …) is passed to the trainer's TrainConfig, which validates it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    method: Method | None = None
+    steps: int | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0)
+    lr: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0)
+    grad_accum: int | None = Field(None, gt=0)
+    max_length: int | None = Field(None, gt=0)
+    shots: int | None = Field(None, ge=0, description="FTICL: demos per training input")
+
+
+class Checkpoints(_Strict):
+    """Evaluate intermediate checkpoints: every ``every`` steps, on a small grid."""
+
+    every: int = Field(gt=0)
+    tests: list[str] | None = Field(None, description="default: the generation test sets")
+    shots: list[int] | None = Field(None, description="default: the smallest k of each test set")
+    formats: list[Format] | None = Field(None, description="default: the first format")
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    model: str = DEFAULT_MODEL
+    include: list[str] = Field([], description="extra task folders, relative to the config file")
+    train_tasks: list[str] = Field(min_length=1)
+    methods: dict[str, MethodSpec] = Field(default_factory=dict)
+    training: Training = Training()
+    train_sizes: list[int | None] = Field([None], min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
+    test: list[str] = Field(["auto"], min_length=1)
+    exclude: list[str] = []
+    shots: list[int] | dict[str, list[int]] | None = None
+    formats: list[Format] = Field(["prompt1"], min_length=1)
+    limit: int | dict[str, int] | None = None
+    sampler: str = "first"
+    scoring: Literal["loglik", "first-token"] = "loglik"
+    eval_seed: int = 0
+    eval_batch_size: int = Field(8, gt=0)
+    checkpoints: Checkpoints | None = None
+    normalize: Literal["chance", "raw"] = "chance"
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: dict[str, MethodSpec]) -> dict[str, MethodSpec]:
+        for name, spec in methods.items():
+            if name == "base":
+                raise ValueError("`base` is always included (the base model's in-context results "
+                                 "are the reference row); remove it from methods")
+            if spec.method is None and name not in METHODS:
+                raise ValueError(f"method entry {name!r} needs `method:` (one of {', '.join(METHODS)})")
+        return methods
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, name: str) -> str:
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+        return name
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, shots):
+        values = shots if isinstance(shots, list) else [k for ks in (shots or {}).values() for k in ks]
+        if any(k < 0 for k in values):
+            raise ValueError("shots must be >= 0")
+        return shots
+
+    @field_validator("train_sizes")
+    @classmethod
+    def _sizes(cls, sizes):
+        if any(s is not None and s <= 0 for s in sizes):
+            raise ValueError("train sizes must be positive (or null for the whole train split)")
+        return sizes
+
+    def method_name(self, name: str) -> str:
+        return self.methods[name].method or name
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a config file; every problem is one GenftError line."""
+    from genft.tasks.task import _read_text, validation_message
+
+    path = Path(path)
+    text = _read_text(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise GenftError(f"{where}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(data, dict):
+        raise GenftError(f"{path}: expected a mapping of experiment settings at the top level")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise GenftError(validation_message(path, text, e, ExperimentConfig)) from None
+
+
+def parse_config(config: str | Path | dict | ExperimentConfig) -> tuple[ExperimentConfig, Path]:
+    """Accept a path, a dict or a config object; return it with the folder relative paths use."""
+    if isinstance(config, ExperimentConfig):
+        return config, Path.cwd()
+    if isinstance(config, dict):
+        try:
+            return ExperimentConfig.model_validate(config), Path.cwd()
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise GenftError(f"config: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    return load_config(config), Path(config).resolve().parent
+
+
+__all__ = ["ExperimentConfig", "Training", "MethodSpec", "Checkpoints", "load_config",
+           "parse_config", "METHODS", "FORMATS"]

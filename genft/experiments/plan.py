@@ -1,0 +1,351 @@
+"""Expanding a config into training jobs and evaluation cells, each keyed by a hash.
+
+A key is a hash of everything that determines the result and nothing else, so a
+result computed once is never computed again: re-running after an interruption
+finds most keys in the store, and editing the config adds only the new keys.
+
+* training job key = hash of the trainer's full TrainConfig minus ``out``;
+* model key = the job key (final checkpoint), the job key + step (intermediate),
+  or hash of the base model name (the reference row);
+* cell key = hash of (model key, task name + data hash, shots, format, sampler,
+  scoring, limit, seed, scoring-code version).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genft import __version__
+from genft.errors import GenftError
+from genft.experiments.config import ExperimentConfig
+from genft.tasks.registry import TaskRegistry, registry
+from genft.tasks.task import Task
+
+NOMINAL_RECORD_TOKENS = 200  # token estimate for a record whose data is not on disk (Hub, offline)
+
+
+def stable_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def scoring_version() -> str:
+    """Version of the scoring code; a change invalidates every stored cell."""
+    try:
+        from genft import evaluation
+
+        return str(getattr(evaluation, "SCORING_VERSION", __version__))
+    except ImportError:
+        return __version__
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    key: str
+    label: str  # the config's method entry name, e.g. "ft" or "ft-low-lr"
+    method: str
+    tasks: tuple[str, ...]
+    train_size: int | None
+    seed: int
+    settings: dict = field(hash=False, compare=False)  # TrainConfig keyword arguments minus `out`
+    total_steps: int | None = None
+
+    def out_dir(self, root: Path) -> Path:
+        return Path(root) / "checkpoints" / self.key
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    key: str
+    label: str  # "base" or the method entry name
+    job: TrainJob | None = None
+    step: int | None = None  # None: the final model
+
+    @property
+    def is_base(self) -> bool:
+        return self.job is None
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str
+    model: ModelRef
+    task: str
+    family: str
+    type: str
+    shots: int
+    format: str
+    sampler: str
+    scoring: str
+    limit: int | None
+    seed: int
+
+    def eval_kwargs(self, batch_size: int) -> dict:
+        return dict(sampler=self.sampler, limit=self.limit, batch_size=batch_size, seed=self.seed,
+                    scoring=self.scoring)
+
+
+@dataclass
+class Plan:
+    config: ExperimentConfig
+    registry: TaskRegistry
+    base: ModelRef
+    jobs: list[TrainJob]
+    tests: list[Task]
+    cells: list[Cell]
+
+    def cells_of(self, model_key: str) -> list[Cell]:
+        return [c for c in self.cells if c.model.key == model_key]
+
+    def models(self) -> list[ModelRef]:
+        return list({c.model.key: c.model for c in self.cells}.values())
+
+
+def build_plan(cfg: ExperimentConfig, config_dir: Path = Path(".")) -> Plan:
+    include = tuple(str((config_dir / p).resolve()) for p in cfg.include)
+    reg = registry(include)
+    train_tasks = [reg.get(n) for n in cfg.train_tasks]
+    for t in train_tasks:
+        if not t.has_train:
+            raise GenftError(f"train task {t.name!r} has no train split ({t.path})")
+    tests = select_tests(cfg, reg, train_tasks)
+    jobs = expand_jobs(cfg, train_tasks, include)
+    base = ModelRef(stable_hash({"base": cfg.model}), "base")
+
+    cells: dict[str, Cell] = {}
+    ck_tests = _checkpoint_tests(cfg, reg, tests)
+    for model in [base, *(ModelRef(j.key, j.label, j) for j in jobs)]:
+        for task in tests:
+            for k in shots_for(cfg, task):
+                for fmt in cfg.formats:
+                    _add(cells, cfg, model, task, k, fmt)
+        for task, ks, fmts in ck_tests:  # base and final models are the curve's end points
+            for k in ks:
+                for fmt in fmts:
+                    _add(cells, cfg, model, task, k, fmt)
+    for job in jobs:
+        for step in intermediate_steps(cfg, job):
+            model = ModelRef(stable_hash({"job": job.key, "step": step}), job.label, job, step)
+            for task, ks, fmts in ck_tests:
+                for k in ks:
+                    for fmt in fmts:
+                        _add(cells, cfg, model, task, k, fmt)
+    return Plan(cfg, reg, base, jobs, tests, list(cells.values()))
+
+
+def _add(cells: dict, cfg: ExperimentConfig, model: ModelRef, task: Task, k: int, fmt: str) -> None:
+    limit = limit_for(cfg, task)
+    key = stable_hash({"model": model.key, "task": task.name, "data": task.data_hash, "shots": k,
+                       "format": fmt, "sampler": cfg.sampler, "scoring": cfg.scoring, "limit": limit,
+                       "seed": cfg.eval_seed, "scoring_version": scoring_version()})
+    cells.setdefault(key, Cell(key, model, task.name, task.family, task.type, k, fmt, cfg.sampler,
+                               cfg.scoring, limit, cfg.eval_seed))
+
+
+# ---------------------------------------------------------------- test sets
+
+
+def select_tests(cfg: ExperimentConfig, reg: TaskRegistry, train_tasks: list[Task]) -> list[Task]:
+    """Resolve ``test:``; ``auto`` = the train tasks' families (in- and out-of-domain) plus
+    every other family. A grid trained only on offline data (package/local sources) keeps
+    ``auto`` offline: Hub tasks join only when a train task is itself from the Hub."""
+    chosen: dict[str, Task] = {}
+    for item in cfg.test:
+        if item == "auto":
+            chosen.update((t.name, t) for t in auto_tests(reg, train_tasks))
+        else:
+            chosen.update((t.name, t) for t in reg.select(item))
+    for name in cfg.exclude:
+        for t in reg.select(name):
+            chosen.pop(t.name, None)
+    if not chosen:
+        raise GenftError("no test sets left after `exclude`")
+    return list(chosen.values())
+
+
+def auto_tests(reg: TaskRegistry, train_tasks: list[Task]) -> list[Task]:
+    families = {t.family for t in train_tasks}
+    offline = all(t.spec.source.kind != "hub" for t in train_tasks)
+    own = [t for t in reg.all() if t.family in families]
+    others = [t for t in reg.all() if t.family not in families
+              and not (offline and t.spec.source.kind == "hub")]
+    return own + others
+
+
+def relation(test: Task, train_families: set[str]) -> str:
+    """in-domain, out-of-domain or cross-task, relative to a model's training tasks."""
+    if test.family in train_families:
+        return "in-domain" if test.spec.domain == "in" else "out-of-domain"
+    return "cross-task"
+
+
+def shots_for(cfg: ExperimentConfig, task: Task) -> list[int]:
+    if isinstance(cfg.shots, list):
+        return list(cfg.shots)
+    table = cfg.shots or {}
+    for key in (task.name, task.family, "default"):
+        if key in table:
+            return list(table[key])
+    return list(task.spec.shots)
+
+
+def limit_for(cfg: ExperimentConfig, task: Task) -> int | None:
+    if cfg.limit is None or isinstance(cfg.limit, int):
+        return cfg.limit
+    for key in (task.name, task.family, task.type, "default"):
+        if key in cfg.limit:
+            return cfg.limit[key]
+    return None
+
+
+def _checkpoint_tests(cfg: ExperimentConfig, reg: TaskRegistry, tests: list[Task]):
+    if cfg.checkpoints is None:
+        return []
+    ck = cfg.checkpoints
+    chosen = ([t for item in ck.tests for t in reg.select(item)] if ck.tests
+              else [t for t in tests if t.type == "generation"] or tests)
+    fmts = ck.formats or cfg.formats[:1]
+    return [(t, ck.shots if ck.shots is not None else [min(shots_for(cfg, t))], fmts) for t in chosen]
+
+
+# ---------------------------------------------------------------- training jobs
+
+
+def expand_jobs(cfg: ExperimentConfig, train_tasks: list[Task], include: tuple[str, ...] = ()
+                ) -> list[TrainJob]:
+    jobs = []
+    for label, spec in cfg.methods.items():
+        method = cfg.method_name(label)
+        groups = [train_tasks] if method == "multitask" else [[t] for t in train_tasks]
+        for group in groups:
+            for size in cfg.train_sizes:
+                for seed in cfg.seeds:
+                    settings = _settings(cfg, label, method, [t.name for t in group], size, seed,
+                                         include)
+                    key = job_key(settings, label)
+                    jobs.append(TrainJob(key, label, method, tuple(t.name for t in group), size, seed,
+                                         settings, _total_steps(settings, group)))
+    return jobs
+
+
+def _settings(cfg: ExperimentConfig, label: str, method: str, tasks: list[str], size, seed,
+              include: tuple[str, ...]) -> dict:
+    spec = cfg.methods[label]
+    common = cfg.training.model_dump()
+    overrides = {k: v for k, v in spec.model_dump(exclude={"method"}).items() if v is not None}
+    if "epochs" in overrides:
+        common["steps"] = None
+    if "steps" in overrides:
+        common["epochs"] = None
+    settings = {**common, **overrides, "model": cfg.model, "tasks": tasks, "method": method,
+                "train_size": size, "seed": seed, "include": list(include)}
+    if cfg.checkpoints is not None:
+        settings["save_every"] = cfg.checkpoints.every
+    return {k: v for k, v in settings.items() if v is not None}  # None: the trainer's default
+
+
+def job_key(settings: dict, label: str) -> str:
+    """Hash of the trainer's complete TrainConfig (defaults included) minus ``out``."""
+    try:
+        from genft.training import TrainConfig
+    except ImportError:  # trainer not installed: hash what the config states
+        return stable_hash(settings)
+    try:
+        tc = TrainConfig(**settings, out="")
+    except (GenftError, TypeError, ValueError) as e:
+        raise GenftError(f"methods.{label}: {e}") from None
+    full = dataclasses.asdict(tc) if dataclasses.is_dataclass(tc) else tc.model_dump()
+    full.pop("out", None)
+    full.pop("include", None)  # where task files live is not what the job computes
+    return stable_hash(full)
+
+
+def _total_steps(settings: dict, group: list[Task]) -> int | None:
+    if settings.get("steps"):
+        return settings["steps"]
+    if "epochs" not in settings:
+        return None
+    size = settings.get("train_size")
+    if size is None:
+        if any(t.spec.source.kind == "hub" for t in group):
+            return None
+        size = sum(len(t.records("train")) for t in group)
+    elif settings["method"] == "multitask":
+        size *= len(group)
+    per_step = settings.get("batch_size", 8) * settings.get("grad_accum", 1)
+    return math.ceil(size * settings["epochs"] / per_step)
+
+
+def intermediate_steps(cfg: ExperimentConfig, job: TrainJob) -> list[int]:
+    if cfg.checkpoints is None or job.total_steps is None:
+        return []
+    return list(range(cfg.checkpoints.every, job.total_steps, cfg.checkpoints.every))
+
+
+# ---------------------------------------------------------------- dry-run summary
+
+
+def estimate_tokens(plan: Plan) -> dict[str, int]:
+    """Rough token counts (≈ 4 characters a token) of training and evaluation."""
+    per_record = {t.name: _record_tokens(t) for t in plan.tests}
+    evaluation = 0
+    for c in plan.cells:
+        task = plan.registry.get(c.task)
+        n = c.limit or _test_size(task)
+        if c.limit and _test_size(task):
+            n = min(n, _test_size(task))
+        answer = task.spec.max_new_tokens if task.type == "generation" else len(task.labels)
+        evaluation += n * (per_record[c.task] * (c.shots + 1) + answer)
+    training = 0
+    for job in plan.jobs:
+        group = [plan.registry.get(n) for n in job.tasks]
+        rec = sum(_record_tokens(t) for t in group) / len(group)
+        s = job.settings
+        demos = s.get("shots") or (group[0].spec.fticl_shots if job.method == "fticl" else 0)
+        length = min(rec * (1 + demos), s.get("max_length", 512))
+        stages = 2 if job.method in ("promot",) else 1
+        per_step = s.get("batch_size", 8) * s.get("grad_accum", 1)
+        training += int((job.total_steps or 0) * per_step * length * stages)
+    return {"training": int(training), "evaluation": int(evaluation)}
+
+
+def _test_size(task: Task) -> int | None:
+    size = task.spec.splits.test.size
+    if size is None and task.spec.source.kind != "hub":
+        size = len(task.records("test"))
+    return size
+
+
+def _record_tokens(task: Task) -> int:
+    if task.spec.source.kind == "hub":
+        return NOMINAL_RECORD_TOKENS
+    sample = task.records("test")[:50]
+    chars = sum(len(task.render(r)) + len(r["output"]) for r in sample) / max(len(sample), 1)
+    return max(1, round(chars / 4))
+
+
+def describe(plan: Plan, done: set[str] = frozenset()) -> str:
+    """The dry-run text: training runs, cells, tokens to process."""
+    tokens = estimate_tokens(plan)
+    lines = [f"experiment {plan.config.name}: model {plan.config.model}",
+             f"training runs: {len(plan.jobs)}"]
+    for j in plan.jobs:
+        size = "all" if j.train_size is None else j.train_size
+        steps = j.total_steps if j.total_steps is not None else "?"
+        lines.append(f"  {j.key}  {j.label:14} {'+'.join(j.tasks):30} size={size} seed={j.seed} "
+                     f"steps={steps}")
+    models = plan.models()
+    inter = sum(1 for m in models if m.step is not None)
+    lines.append(f"models evaluated: {len(models)} (base + {len(plan.jobs)} trained"
+                 + (f" + {inter} intermediate checkpoints)" if inter else ")"))
+    lines.append(f"test sets: {', '.join(t.name for t in plan.tests)}")
+    todo = sum(1 for c in plan.cells if c.key not in done)
+    lines.append(f"evaluation cells: {len(plan.cells)} ({len(plan.cells) - todo} already in the store, "
+                 f"{todo} to compute)")
+    lines.append(f"tokens to process (≈): training {tokens['training']:,}, "
+                 f"evaluation {tokens['evaluation']:,}")
+    return "\n".join(lines)

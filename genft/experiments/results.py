@@ -1,0 +1,137 @@
+"""The tidy results table: one row per (cell, metric), ready for pandas.
+
+Besides the metrics the evaluator stored, every generation cell gets two derived
+ones computed from its per-item predictions:
+
+* ``label_answer_rate`` — format specialization: the share of predictions whose
+  normalized text (lower-cased, stripped of surrounding whitespace and
+  punctuation) is exactly one of the training tasks' label words. For a trained
+  model the words are its own training tasks'; for the base model, those of every
+  classification task trained in the experiment (its reference rate).
+* ``empty_answer_rate`` — the share of empty predictions.
+
+The primary metric of a test set (its task YAML's first metric) also gets
+``normalized``: (score − chance) / (perfect − chance) × 100, chance = 1/number of
+labels for classification and 0 for generation (or score / perfect × 100 when
+the config says ``normalize: raw``).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import pandas as pd
+
+from genft.experiments.store import Store
+
+PERFECT: dict[str, float] = {}  # the evaluator reports every metric in [0, 1] (BLEU / 100 too)
+DERIVED = ("label_answer_rate", "empty_answer_rate")
+
+
+def normalize_answer(text: str) -> str:
+    return (text or "").strip().strip(string.punctuation + string.whitespace).lower()
+
+
+def label_answer_rate(predictions: list[str], words: list[str]) -> float | None:
+    if not predictions or not words:
+        return None
+    targets = {w.lower() for w in words}
+    return sum(normalize_answer(p) in targets for p in predictions) / len(predictions)
+
+
+def empty_answer_rate(predictions: list[str]) -> float | None:
+    if not predictions:
+        return None
+    return sum(not (p or "").strip() for p in predictions) / len(predictions)
+
+
+def normalized_score(value: float, metric: str, task: dict, mode: str = "chance") -> float:
+    perfect = PERFECT.get(metric, 1.0)
+    chance = 0.0
+    if mode == "chance" and task.get("type") == "classification" and task.get("labels"):
+        chance = perfect / len(task["labels"])
+    return (value - chance) / (perfect - chance) * 100
+
+
+def load_results(out: str | Path) -> pd.DataFrame:
+    """The tidy table of an output directory (see the module docstring for derived metrics)."""
+    store = Store.open_existing(out)
+    try:
+        return _table(store)
+    finally:
+        store.close()
+
+
+COLUMNS = ["cell_key", "model_key", "model", "method", "train_tasks", "train_size", "train_seed",
+           "step", "test_task", "test_family", "test_type", "test_domain", "relation", "shots",
+           "format", "sampler", "scoring", "limit", "eval_seed", "n", "seconds", "metric", "value",
+           "primary", "normalized"]
+
+
+def _table(store: Store) -> pd.DataFrame:
+    runs = store.runs()
+    tasks: dict[str, dict] = {}
+    for r in runs:  # later runs' descriptions win
+        tasks.update(r["meta"].get("tasks", {}))
+    mode = runs[-1]["config"].get("normalize", "chance") if runs else "chance"
+    ckpts = {c["key"]: c for c in store.checkpoints()}
+    all_words = sorted({w for c in ckpts.values() for w in c["answer_words"]})
+    preds = store.predictions()
+    rows = []
+    for cell in store.cells():
+        ck = ckpts.get(cell["model_key"])
+        task = tasks.get(cell["task"], {"family": cell["family"], "type": cell["type"]})
+        train_tasks = ck["tasks"] if ck else []
+        train_families = {tasks.get(t, {}).get("family") for t in train_tasks}
+        if ck is None:
+            rel = None
+        elif cell["family"] in train_families:
+            rel = "in-domain" if task.get("domain", "in") == "in" else "out-of-domain"
+        else:
+            rel = "cross-task"
+        base = {
+            "cell_key": cell["key"], "model_key": cell["model_key"], "model": cell["model_label"],
+            "method": ck["method"] if ck else "base", "train_tasks": "+".join(train_tasks) or None,
+            "train_size": ck["train_size"] if ck else None, "train_seed": ck["seed"] if ck else None,
+            "step": ck["step"] if ck else None, "test_task": cell["task"],
+            "test_family": cell["family"], "test_type": cell["type"],
+            "test_domain": task.get("domain"), "relation": rel, "shots": cell["shots"],
+            "format": cell["format"], "sampler": cell["sampler"], "scoring": cell["scoring"],
+            "limit": cell["limit_n"], "eval_seed": cell["seed"], "n": cell["n"],
+            "seconds": cell["seconds"],
+        }
+        primary = (task.get("metrics") or [None])[0]
+        metrics = {k: v for k, v in cell["metrics"].items() if isinstance(v, (int, float))}
+        if primary not in metrics and metrics:
+            primary = next(iter(metrics))
+        if cell["type"] == "generation":
+            p = preds.get(cell["key"], [])
+            metrics["label_answer_rate"] = label_answer_rate(p, ck["answer_words"] if ck else all_words)
+            metrics["empty_answer_rate"] = empty_answer_rate(p)
+        for metric, value in metrics.items():
+            if value is None:
+                continue
+            is_primary = metric == primary
+            rows.append({**base, "metric": metric, "value": float(value), "primary": is_primary,
+                         "normalized": normalized_score(value, metric, task, mode) if is_primary
+                         else None})
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    for col in ("train_size", "train_seed", "step", "limit"):
+        df[col] = df[col].astype("Int64")
+    return df
+
+
+def export_results(out: str | Path, fmt: str, dest: str | Path | None = None) -> Path:
+    df = load_results(out)
+    dest = Path(dest) if dest else Path(out) / f"results.{fmt}"
+    if fmt == "csv":
+        df.to_csv(dest, index=False)
+    elif fmt == "json":
+        dest.write_text(json.dumps(json.loads(df.to_json(orient="records")), indent=1))
+    elif fmt == "parquet":
+        df.to_parquet(dest, index=False)
+    else:
+        raise ValueError(fmt)
+    return dest

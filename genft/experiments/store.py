@@ -1,0 +1,199 @@
+"""The result store: one SQLite file (``results.db``) per output directory.
+
+Tables: ``runs`` (one row per `genft run` invocation: config, versions, hardware,
+wall time per stage), ``checkpoints`` (trained models, final and intermediate),
+``cells`` (one evaluation each, keyed by its hash) and ``items`` (per-item
+outputs). WAL mode, and one transaction per cell (the cell row and its items
+together), so a run killed at any moment leaves only complete cells behind.
+
+The output directory also holds ``.lock``: a run takes an exclusive
+``fcntl.flock`` on it, so a second run on the same directory refuses at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from genft.errors import GenftError
+
+DB_FILE = "results.db"
+LOCK_FILE = ".lock"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started REAL NOT NULL, finished REAL, status TEXT NOT NULL,
+    config TEXT NOT NULL, meta TEXT NOT NULL, stages TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    key TEXT PRIMARY KEY, job_key TEXT NOT NULL, label TEXT NOT NULL, method TEXT NOT NULL,
+    tasks TEXT NOT NULL, train_size INTEGER, seed INTEGER NOT NULL, step INTEGER,
+    path TEXT NOT NULL, settings TEXT NOT NULL, answer_words TEXT NOT NULL,
+    param_change TEXT, seconds REAL, created REAL NOT NULL, run_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS cells (
+    key TEXT PRIMARY KEY, model_key TEXT NOT NULL, model_label TEXT NOT NULL,
+    task TEXT NOT NULL, family TEXT NOT NULL, type TEXT NOT NULL, shots INTEGER NOT NULL,
+    format TEXT NOT NULL, sampler TEXT NOT NULL, scoring TEXT NOT NULL, limit_n INTEGER,
+    seed INTEGER NOT NULL, metrics TEXT NOT NULL, n INTEGER NOT NULL, seconds REAL NOT NULL,
+    created REAL NOT NULL, run_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS items (
+    cell_key TEXT NOT NULL REFERENCES cells(key), idx INTEGER NOT NULL, item_id TEXT NOT NULL,
+    prompt_hash TEXT, prediction TEXT, gold TEXT, scores TEXT,
+    PRIMARY KEY (cell_key, idx)
+);
+"""
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    @classmethod
+    def open_existing(cls, out: str | Path) -> Store:
+        path = Path(out) / DB_FILE
+        if not path.is_file():
+            raise GenftError(f"{out}: no {DB_FILE} here; is this a `genft run` output directory?")
+        return cls(path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------ runs
+
+    def start_run(self, config: dict, meta: dict) -> int:
+        cur = self.db.execute("INSERT INTO runs (started, status, config, meta) VALUES (?, ?, ?, ?)",
+                              (time.time(), "running", json.dumps(config), json.dumps(meta)))
+        return cur.lastrowid
+
+    def finish_run(self, run_id: int, status: str, stages: dict[str, float]) -> None:
+        self.db.execute("UPDATE runs SET finished = ?, status = ?, stages = ? WHERE id = ?",
+                        (time.time(), status, json.dumps(stages), run_id))
+
+    def runs(self) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM runs ORDER BY id").fetchall()
+        return [{**dict(r), "config": json.loads(r["config"]), "meta": json.loads(r["meta"]),
+                 "stages": json.loads(r["stages"])} for r in rows]
+
+    # ------------------------------------------------------------ checkpoints
+
+    def checkpoint(self, key: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM checkpoints WHERE key = ?", (key,)).fetchone()
+        return _checkpoint_dict(row) if row else None
+
+    def add_checkpoint(self, *, key: str, job, step: int | None, path: Path, answer_words: list[str],
+                       param_change: dict | None, seconds: float | None, run_id: int | None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (key, job.key, job.label, job.method, json.dumps(list(job.tasks)), job.train_size,
+                 job.seed, step, str(path), json.dumps(job.settings), json.dumps(answer_words),
+                 json.dumps(param_change) if param_change is not None else None, seconds,
+                 time.time(), run_id))
+
+    def checkpoints(self) -> list[dict]:
+        return [_checkpoint_dict(r) for r in self.db.execute("SELECT * FROM checkpoints")]
+
+    # ------------------------------------------------------------ cells
+
+    def cell_keys(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT key FROM cells")}
+
+    def add_cell(self, cell, record: dict, items: list[dict], run_id: int | None) -> None:
+        """Store a cell and its items in one transaction (all or nothing)."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (cell.key, cell.model.key, cell.model.label, cell.task, cell.family, cell.type,
+                 cell.shots, cell.format, cell.sampler, cell.scoring, cell.limit, cell.seed,
+                 json.dumps(record["metrics"]), record["n"], record["seconds"], time.time(), run_id))
+            if cur.rowcount == 0:
+                return  # already stored (a concurrent writer cannot exist: the run holds the lock)
+            db.executemany(
+                "INSERT INTO items VALUES (?,?,?,?,?,?,?)",
+                [(cell.key, i, str(it.get("id")), it.get("prompt_hash"), _text(it.get("prediction")),
+                  _text(it.get("gold")), json.dumps(it.get("scores")))
+                 for i, it in enumerate(items)])
+
+    def cells(self) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM cells ORDER BY created").fetchall()
+        return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in rows]
+
+    def items(self, cell_key: str | None = None) -> list[dict]:
+        query, args = "SELECT * FROM items", ()
+        if cell_key is not None:
+            query, args = query + " WHERE cell_key = ?", (cell_key,)
+        rows = self.db.execute(query + " ORDER BY cell_key, idx", args).fetchall()
+        return [{**dict(r), "scores": json.loads(r["scores"]) if r["scores"] else None} for r in rows]
+
+    def predictions(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for key, pred in self.db.execute("SELECT cell_key, prediction FROM items ORDER BY cell_key, idx"):
+            out.setdefault(key, []).append(pred or "")
+        return out
+
+
+def _text(value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _checkpoint_dict(row) -> dict:
+    d = dict(row)
+    for k in ("tasks", "settings", "answer_words", "param_change"):
+        d[k] = json.loads(d[k]) if d[k] is not None else None
+    return d
+
+
+class OutputLock:
+    """Exclusive use of an output directory, held for the whole run (released by the OS if
+    the process dies, so a killed run never leaves a stale lock behind)."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK_FILE
+        self._fh = None
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise GenftError(f"{self.path.parent} is in use by another genft run ({holder}); "
+                             f"wait for it to finish or choose another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()

@@ -1,0 +1,197 @@
+"""`genft run`: complete, resumable, never computing a cell twice, refusing a busy directory.
+
+Most tests use the fake backends of tests/test_run_fakes.py (the runner's logic, fast);
+test_genft_run_end_to_end runs the real trainer and evaluator on a tiny config, and the
+slow kill test does the same across SIGKILLs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from genft.errors import GenftError
+from genft.experiments.plan import build_plan
+from genft.experiments.config import ExperimentConfig
+from genft.experiments.runner import run_experiment
+from genft.experiments.store import OutputLock, Store
+from test_run_fakes import make_backends
+
+HERE = Path(__file__).parent
+
+TINY = {
+    "name": "tiny",
+    "train_tasks": ["tweet_sentiment"],
+    "methods": {"ft": {}, "fticl": {"shots": 1}},
+    "training": {"steps": 4, "batch_size": 2, "max_length": 128},
+    "test": ["tweet_sentiment", "bbc_headline"],
+    "shots": {"sentiment": [0, 2], "summarization": [1]},
+    "limit": 6,
+    "checkpoints": {"every": 2},
+}
+
+
+def write_config(tmp_path: Path, cfg: dict, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def table(out: Path) -> dict[str, tuple]:
+    db = sqlite3.connect(out / "results.db")
+    rows = db.execute("SELECT key, model_key, task, shots, format, metrics, n FROM cells").fetchall()
+    assert len(rows) == len({r[0] for r in rows})
+    return {r[0]: r[1:] for r in rows}
+
+
+def item_rows(out: Path) -> list[tuple]:
+    db = sqlite3.connect(out / "results.db")
+    return db.execute("SELECT cell_key, idx, prediction FROM items ORDER BY cell_key, idx").fetchall()
+
+
+def test_run_computes_every_planned_cell_once_then_nothing(tmp_path):
+    cfg = write_config(tmp_path, TINY)
+    calls = []
+    outcome = run_experiment(cfg, tmp_path / "out", backends=make_backends(calls=calls),
+                             progress=False, echo=lambda s: None)
+    plan = build_plan(ExperimentConfig.model_validate(TINY))
+    # base + 2 trained models: 3 test cells each; 1 intermediate step (2 of 4) per job: 1 cell
+    assert len(plan.cells) == 3 * 3 + 2 * 1
+    assert outcome.computed == len(plan.cells) and outcome.trained == 2
+    stored = table(tmp_path / "out")
+    assert set(stored) == {c.key for c in plan.cells}
+    assert len(item_rows(tmp_path / "out")) == sum(r[-1] for r in stored.values())
+    assert (tmp_path / "out" / "report.html").is_file()
+    assert "cell " in (tmp_path / "out" / "genft.log").read_text()
+
+    calls.clear()
+    again = run_experiment(cfg, tmp_path / "out", backends=make_backends(calls=calls),
+                           progress=False, report=False, echo=lambda s: None)
+    assert again.computed == 0 and again.trained == 0
+    assert calls == []  # no model even loaded
+    assert table(tmp_path / "out") == stored
+
+
+def test_editing_the_config_computes_only_the_new_cells(tmp_path):
+    out = tmp_path / "out"
+    run_experiment(write_config(tmp_path, TINY), out, backends=make_backends(), progress=False,
+                   report=False, echo=lambda s: None)
+    before = table(out)
+    bigger = {**TINY, "formats": ["prompt1", "prompt2"]}
+    calls = []
+    outcome = run_experiment(write_config(tmp_path, bigger, "b.yaml"), out,
+                             backends=make_backends(calls=calls), progress=False, report=False,
+                             echo=lambda s: None)
+    after = table(out)
+    assert set(before) < set(after)
+    assert outcome.computed == len(after) - len(before)
+    assert all(after[k] == v for k, v in before.items())
+    assert not any(c[0] == "train" for c in calls)  # formats do not change training
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    lines = []
+    run_experiment(write_config(tmp_path, TINY), tmp_path / "out", dry_run=True, echo=lines.append)
+    text = "\n".join(lines)
+    assert "training runs: 2" in text and "evaluation cells: 11 (0 already in the store" in text
+    assert "tokens to process" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_second_run_on_a_busy_directory_refuses(tmp_path):
+    out = tmp_path / "out"
+    with OutputLock(out):
+        with pytest.raises(GenftError, match="in use by another genft run"):
+            run_experiment(write_config(tmp_path, TINY), out, backends=make_backends(),
+                           progress=False, echo=lambda s: None)
+    assert not (out / "results.db").exists()  # refused before touching anything
+
+
+def test_cli_refuses_busy_directory_with_one_line(tmp_path):
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path, TINY)
+    with OutputLock(out):
+        r = subprocess.run([sys.executable, "-m", "genft.cli", "run", str(cfg), "--out", str(out)],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0
+    assert "in use by another genft run (pid" in r.stderr
+
+
+def _start(cfg: Path, out: Path, sleep: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(HERE / "test_run_fakes.py"), str(cfg), str(out),
+                             str(sleep)], env={**os.environ, "PYTHONPATH": str(HERE)})
+
+
+def _wait_for(pred, proc, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        assert proc.poll() is None, "the run ended before the kill point"
+        time.sleep(0.05)
+    raise AssertionError("kill point never reached")
+
+
+def _log(out: Path) -> str:
+    p = out / "genft.log"
+    return p.read_text() if p.is_file() else ""
+
+
+@pytest.mark.parametrize("when", ["training", "evaluation"])
+def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path, when):
+    cfg = write_config(tmp_path, TINY)
+    reference = tmp_path / "reference"
+    run_experiment(cfg, reference, backends=make_backends(), progress=False, report=False,
+                   echo=lambda s: None)
+
+    out = tmp_path / "out"
+    proc = _start(cfg, out, sleep=0.4)
+    if when == "training":
+        _wait_for(lambda: "training fticl" in _log(out), proc)
+        time.sleep(0.3)
+    else:
+        _wait_for(lambda: _log(out).count("cell ") >= 5, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = table(out)
+    assert 0 < len(partial) < len(table(reference))
+
+    run_experiment(cfg, out, backends=make_backends(), progress=False, report=False,
+                   echo=lambda s: None)
+    assert table(out) == table(reference)
+    assert item_rows(out) == item_rows(reference)
+    store = Store(out / "results.db")
+    assert [r["status"] for r in store.runs()] == ["running", "finished"]  # the killed one never finished
+
+
+def test_genft_run_end_to_end(tmp_path):
+    """The real trainer and evaluator on a tiny config, through the CLI."""
+    pytest.importorskip("genft.training")
+    cfg = write_config(tmp_path, {
+        "name": "e2e", "train_tasks": ["tweet_sentiment"], "methods": {"ft": {}},
+        "training": {"steps": 2, "batch_size": 2, "max_length": 96, "lr": 2e-4},
+        "test": ["tweet_sentiment", "bbc_headline"], "shots": {"sentiment": [0], "summarization": [1]},
+        "limit": 4})
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "genft.cli", "run", str(cfg), "--out", str(out),
+                        "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    stored = table(out)
+    assert len(stored) == 4  # (base, ft) × (tweets 0-shot, headlines 1-shot)
+    assert all(n == 4 for *_, n in stored.values())
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Format specialization" in html
+    from genft.api import load_results
+
+    df = load_results(out)
+    assert set(df["model"]) == {"base", "ft"}
+    assert df[df["primary"]]["value"].between(0, 1).all()
