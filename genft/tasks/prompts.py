@@ -2,11 +2,16 @@
 
 One rule, used identically by training and evaluation (tested in tests/test_prompts.py):
 
-* **Separator.** The answer follows the prompt after one space, unless the prompt
-  already ends in whitespace (e.g. NLI Prompt-2 "The relation is "). The study's
-  code used no space after the colon; with BPE tokenizers like SmolLM2's and
-  Llama's, " positive" is one word token while ":positive" splits unnaturally, so
-  ``prompt + " " + answer`` tokenizes as ``tokens(prompt) + tokens(" answer")``.
+* **Separator.** The answer follows the prompt after exactly one space. A rendered
+  prompt never ends in spaces or tabs: they are stripped, because the space belongs to
+  the answer (NLI Prompt-2 "The relation is " renders as "The relation is", and the
+  model reads/learns " entailment"). Only a prompt ending in a newline gets no space.
+  The study's code used no space after the colon; with BPE tokenizers like SmolLM2's
+  and Llama's, " positive" is one word token while ":positive" splits unnaturally.
+  With this rule ``tokens(prompt)`` is a prefix of
+  ``tokens(prompt + target_text(prompt, answer))``, which training's loss mask and
+  evaluation's scores rely on (tested for every built-in task). A prompt ending in a
+  space broke it: "is " + "x" tokenizes as "is" + " x", not "is" + " " + "x".
 * **Terminator.** Every answer a model sees or learns ends with a blank line
   (``"\\n\\n"``); generation is cut at the first blank line. A demo is therefore
   ``prompt(demo) + separator + answer + "\\n\\n"``, and k demos are concatenated
@@ -46,8 +51,9 @@ def check_template(template: str, fields: set[str], where: str) -> None:
 
 
 def render(template: str, record: dict) -> str:
+    """The prompt text for one record (trailing spaces stripped: see the separator rule)."""
     try:
-        return _ENV.from_string(template).render(**record)
+        return _ENV.from_string(template).render(**record).rstrip(" \t")
     except SecurityError as e:
         raise GenftError(f"template refused by the sandbox: {e}") from None
     except UndefinedError as e:
@@ -56,7 +62,7 @@ def render(template: str, record: dict) -> str:
 
 def separator(prompt: str) -> str:
     """What goes between a prompt and its answer (see the module docstring)."""
-    return "" if not prompt or prompt[-1].isspace() else " "
+    return "" if not prompt or prompt[-1] in "\r\n" else " "
 
 
 def target_text(prompt: str, answer: str) -> str:
