@@ -1,0 +1,97 @@
+"""`genft train` and `genft diff`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from genft.training.config import METHODS, TrainConfig
+
+# CLI flag -> TrainConfig field, for the options that map one to one.
+_PASSTHROUGH = ["model", "method", "train_size", "epochs", "steps", "lr", "lr_schedule",
+                "warmup_steps", "weight_decay", "max_grad_norm", "batch_size", "grad_accum",
+                "max_length", "shots", "seed", "save_every", "prompt_length", "prompt_init",
+                "prompt_init_text", "stage1_steps", "stage1_lr", "stage1_eval_every", "dev_size",
+                "stage2", "promot_shots", "lora_r", "lora_alpha", "lora_dropout"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train", help="fine-tune a model (FT, FTICL, LoRA, prompt tuning, ProMoT, ...)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Fine-tune a model on one or more tasks. Inputs use the task's prompt1 format; "
+                    "the loss covers the answer (and its blank-line terminator) only. Runs "
+                    "data-parallel under `accelerate launch`. Writes OUT/final (a genft checkpoint).")
+    p.add_argument("--model", default=TrainConfig.model_fields["model"].default,
+                   help="model alias, local directory or Hub id")
+    p.add_argument("--task", "--tasks", dest="tasks", required=True, metavar="T[,T2...]",
+                   help="task name(s), comma-separated (family:NAME selects a family)")
+    p.add_argument("--include", action="append", default=[], metavar="DIR",
+                   help="also load task YAMLs from DIR (repeatable)")
+    p.add_argument("--method", default="ft", metavar="|".join(METHODS),
+                   help="training method (see docs/training.md)")
+    p.add_argument("--out", required=True, help="output directory (new, or this run's for --resume)")
+    p.add_argument("--resume", action="store_true", help="continue this run from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("data and schedule")
+    g.add_argument("--train-size", type=int, help="training items per task (default: all)")
+    g.add_argument("--epochs", type=float)
+    g.add_argument("--steps", type=int, help="optimizer steps (give this or --epochs)")
+    g.add_argument("--lr", type=float, help="learning rate (default depends on the method)")
+    g.add_argument("--lr-schedule", choices=["constant", "linear"], default="constant")
+    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--max-grad-norm", type=float, default=1.0)
+    g.add_argument("--batch-size", type=int, default=8, help="per device")
+    g.add_argument("--grad-accum", type=int, default=1)
+    g.add_argument("--max-length", type=int, default=512)
+    g.add_argument("--shots", type=int, help="FTICL demos per input (default: the task's fticl_shots)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--save-every", type=int, help="intermediate checkpoint every N steps")
+    g = p.add_argument_group("soft prompts and ProMoT")
+    g.add_argument("--prompt-length", type=int, default=20)
+    g.add_argument("--prompt-init", choices=["text", "vocab", "random"], default="text")
+    g.add_argument("--prompt-init-text", help="default: the task's description")
+    g.add_argument("--stage1-steps", type=int, default=40)
+    g.add_argument("--stage1-lr", type=float, default=3e-2)
+    g.add_argument("--stage1-eval-every", type=int)
+    g.add_argument("--dev-size", type=int, default=32)
+    g.add_argument("--stage2", choices=["full", "lora"], default="full")
+    g.add_argument("--promot-shots", type=int, default=0, help="1 = ProMoT + 1-shot")
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--lora-r", type=int, default=8)
+    g.add_argument("--lora-alpha", type=int, default=16)
+    g.add_argument("--lora-dropout", type=float, default=0.0)
+    g.add_argument("--lora-targets", default="q_proj,v_proj", help="comma-separated module names")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("diff", help="how much a checkpoint's weights moved from its base model",
+                       description="Mean absolute and relative parameter change, per module type "
+                                   "and overall.")
+    p.add_argument("base", help="the base model")
+    p.add_argument("checkpoint", help="a genft checkpoint (e.g. OUT/final)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_diff)
+
+
+def config_from_args(args) -> TrainConfig:
+    fields = {k: getattr(args, k) for k in _PASSTHROUGH}
+    return TrainConfig(**fields, out=args.out, include=args.include,
+                       tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+                       lora_targets=[t.strip() for t in args.lora_targets.split(",") if t.strip()])
+
+
+def cmd_train(args) -> int:
+    from genft.training.loop import train
+
+    final = train(config_from_args(args), progress=not args.no_progress, resume=args.resume)
+    print(final)
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from genft.training.diff import format_table, param_change
+
+    stats = param_change(args.base, args.checkpoint)
+    print(json.dumps(stats, indent=2) if args.json else format_table(stats))
+    return 0

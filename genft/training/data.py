@@ -1,0 +1,137 @@
+"""Training inputs: prompt text -> token ids with the loss on the answer only, and batches.
+
+An example is ``prompt + target_text(prompt, answer)`` (separator, answer, blank
+line: the same terminator evaluation cuts generations at, so the model learns to
+stop). The loss covers only the target tokens. With ``shots`` > 0 (FTICL,
+ProMoT + 1-shot) the prompt is a k-shot prompt whose demos come from the
+training pool; demo tokens are part of the prompt and so carry no loss.
+
+Batches are built to waste little compute on padding: examples are shuffled,
+sorted by length inside large chunks, cut into batches, and the batch order is
+shuffled again. Padding goes on the right and no attention mask is needed: with
+causal attention a real token never looks at the padding after it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from genft.errors import GenftError
+from genft.tasks.prompts import target_text
+
+SORT_CHUNK = 64  # batches per length-sorted chunk: little padding, still well mixed
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    loss_start: int  # index of the first target token; tokens before it carry no loss
+    task: int  # index into the run's task list (selects the soft prompt)
+    prompt: str  # the exact text before the target, kept for inspection and tests
+    n_demos: int = 0
+
+
+def fticl_demos(pool: list[dict], index: int, k: int, labels: list[str], rng: random.Random,
+                by_label: dict[str, list[int]]) -> list[dict]:
+    """k demos for pool[index] from the rest of the pool, one per label first (if k allows).
+
+    Rejection sampling keeps this O(k) per item even for a pool of many thousands.
+    """
+    if k > len(pool) - 1:
+        raise GenftError(f"{k} demos per input asked for, but the training pool has only "
+                         f"{len(pool)} items (use more --train-size or fewer --shots)")
+    chosen: list[int] = []
+    if labels and k >= len(labels):
+        for label in labels:
+            candidates = [i for i in by_label.get(label, [])[:2] if i != index]
+            if not candidates:
+                raise GenftError(f"FTICL needs every label among the demos, but the training pool "
+                                 f"has no other item labelled {label!r}")
+            chosen.append(_draw(rng, by_label[label], index, chosen))
+    while len(chosen) < k:
+        chosen.append(_draw(rng, range(len(pool)), index, chosen))
+    rng.shuffle(chosen)
+    return [pool[i] for i in chosen]
+
+
+def _draw(rng: random.Random, candidates, index: int, taken: list[int]) -> int:
+    while (i := rng.choice(candidates)) == index or i in taken:
+        pass
+    return i
+
+
+def encode(tokenizer, prompts: list[str], answers: list[str], max_length: int, task: int,
+           n_demos: int = 0) -> list[Example]:
+    """Tokenize prompt+target so that the loss starts right after the prompt's tokens.
+
+    Prompt tokens are normally a prefix of the full text's tokens (the separator
+    rule in genft.tasks.prompts makes sure of it); if a merge crosses the boundary,
+    the loss starts at the first token that differs. Too-long inputs lose their
+    oldest prompt tokens: the answer is what is learned.
+    """
+    prompt_ids = tokenizer(prompts).input_ids
+    full_ids = tokenizer([p + target_text(p, a) for p, a in zip(prompts, answers)]).input_ids
+    examples = []
+    for prompt, p_ids, ids in zip(prompts, prompt_ids, full_ids):
+        start = 0
+        while start < min(len(p_ids), len(ids)) and p_ids[start] == ids[start]:
+            start += 1
+        start = max(start, 1)  # the first token has no preceding position to predict it from
+        if len(ids) > max_length:
+            cut = min(len(ids) - max_length, start - 1)
+            ids, start = ids[cut:][:max_length], start - cut
+        examples.append(Example(ids, start, task, prompt, n_demos))
+    return examples
+
+
+def build_examples(tasks, tokenizer, records_per_task: list[list[dict]], shots: list[int],
+                   max_length: int, seed: int) -> list[Example]:
+    """Examples for every task; ``shots[i]`` demos (drawn from that task's pool) per input."""
+    examples = []
+    for t, (task, pool, k) in enumerate(zip(tasks, records_per_task, shots)):
+        rng = random.Random(f"{seed}:{task.name}:demos")
+        by_label: dict[str, list[int]] = {}
+        for i, r in enumerate(pool):
+            by_label.setdefault(r["output"], []).append(i)
+        prompts = [task.prompt(r, fticl_demos(pool, i, k, task.labels, rng, by_label) if k else [],
+                               "prompt1") for i, r in enumerate(pool)]
+        examples += encode(tokenizer, prompts, [r["output"] for r in pool], max_length, t, k)
+    return examples
+
+
+def micro_batches(examples: list[Example], batch_size: int, seed: int, epoch: int
+                  ) -> list[list[int]]:
+    """One epoch of batches (lists of example indices) in a reproducible, low-padding order."""
+    rng = random.Random(f"{seed}:epoch:{epoch}")
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    batches = []
+    chunk = batch_size * SORT_CHUNK
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c:c + chunk], key=lambda i: len(examples[i].input_ids))
+        batches += [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids plus the (row, position, target) triples that carry loss.
+
+    Position p predicts token p+1, so a target token at index j is scored from
+    the hidden state at j-1: the LM head runs only at those positions.
+    """
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    rows, cols, targets = [], [], []
+    for r, e in enumerate(examples):
+        ids[r, :len(e.input_ids)] = torch.tensor(e.input_ids)
+        positions = range(e.loss_start - 1, len(e.input_ids) - 1)
+        rows += [r] * len(positions)
+        cols += positions
+        targets += e.input_ids[e.loss_start:]
+    return {"input_ids": ids, "loss_rows": torch.tensor(rows), "loss_cols": torch.tensor(cols),
+            "loss_targets": torch.tensor(targets),
+            "task_index": torch.tensor([e.task for e in examples])}

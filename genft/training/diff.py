@@ -1,0 +1,64 @@
+"""How far training moved the weights: mean absolute and relative change, per module type.
+
+The first study compares FT and FTICL by the mean absolute parameter change
+from the base model. A *module type* is the last name before ``.weight`` /
+``.bias`` (``q_proj``, ``down_proj``, ``input_layernorm``, ``embed_tokens``…),
+so the 30 layers of a model pool into one row per kind of module. LoRA
+checkpoints are merged first; prompt-tuning checkpoints change no weight.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from genft.errors import GenftError
+
+
+def param_change(base, checkpoint) -> dict:
+    """``{"overall": stats, "by_module": {type: stats}}``; stats = params, mean_abs_change,
+    mean_abs_base, relative_change (= sum|Δ| / sum|base|), max_abs_change."""
+    from genft.models import load_model
+
+    base_model = base if isinstance(base, torch.nn.Module) else load_model(str(base)).model
+    tuned = load_model(str(checkpoint)).model
+    if hasattr(tuned, "merge_and_unload"):
+        tuned = tuned.merge_and_unload()
+    base_params = dict(base_model.named_parameters())
+    sums: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+    with torch.no_grad():
+        for name, after in tuned.named_parameters():
+            before = base_params.get(name)
+            if before is None or before.shape != after.shape:
+                raise GenftError(f"{checkpoint} does not fit the base model: parameter {name} "
+                                 f"{'is missing' if before is None else 'has another shape'}")
+            delta = (after.float() - before.float()).abs()
+            for key in (module_type(name), "overall"):
+                s = sums[key]
+                s[0] += delta.numel()
+                s[1] += delta.sum().item()
+                s[2] += before.float().abs().sum().item()
+                s[3] = max(s[3], delta.max().item())
+    stats = {k: {"params": int(n), "mean_abs_change": d / n, "mean_abs_base": b / n,
+                 "relative_change": d / b if b else 0.0, "max_abs_change": m}
+             for k, (n, d, b, m) in sums.items()}
+    overall = stats.pop("overall")
+    return {"overall": overall, "by_module": dict(sorted(stats.items()))}
+
+
+def module_type(param_name: str) -> str:
+    parts = param_name.split(".")
+    return parts[-2] if parts[-1] in ("weight", "bias") and len(parts) > 1 else parts[-1]
+
+
+def format_table(stats: dict) -> str:
+    rows = [*stats["by_module"].items(), ("overall", stats["overall"])]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{'module':<{width}}  {'params':>12}  {'mean |Δ|':>10}  {'mean |w|':>10}  "
+             f"{'relative':>10}  {'max |Δ|':>10}"]
+    for name, s in rows:
+        lines.append(f"{name:<{width}}  {s['params']:>12,}  {s['mean_abs_change']:>10.3e}  "
+                     f"{s['mean_abs_base']:>10.3e}  {s['relative_change']:>10.3e}  "
+                     f"{s['max_abs_change']:>10.3e}")
+    return "\n".join(lines)
