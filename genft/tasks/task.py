@@ -123,8 +123,12 @@ def _read_text(path: Path) -> str:
 
 
 def validation_message(path: Path, text: str, err: ValidationError, model: type) -> str:
-    """First pydantic error as one line: file:line: field: problem (did you mean …)."""
-    e = err.errors()[0]
+    """First pydantic error as one line: file:line: field: problem (did you mean …).
+
+    An unknown key comes first: a misspelled required key is also reported missing, and
+    "unknown key 'promt2' (did you mean "prompt2"?)" is the message that helps."""
+    errors = err.errors()
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = [str(p) for p in e["loc"]]
     key = loc[-1] if loc else ""
     line = _line_of(text, key)
