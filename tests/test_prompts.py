@@ -134,7 +134,7 @@ def test_offline_tasks_prompt_tokens_are_a_prefix_of_prompt_plus_target(smol, ta
     task = tasks.get(name)
     tok = smol.tokenizer
     demos = task.records("fewshot")[: max(task.spec.shots)]
-    records = task.records("test")[:60] + task.records("fewshot")
+    records = task.records("test")[:30] + task.records("fewshot")
     for k in (0, len(demos)):
         for r in records:
             p = task.prompt(r, demos[:k], fmt)
@@ -148,6 +148,6 @@ def test_hub_tasks_prompt_tokens_are_a_prefix_of_prompt_plus_target(smol, hub_mi
             continue
         demos = task.records("fewshot")[: max(task.spec.shots)]
         for fmt in ("prompt1", "prompt2"):
-            for r in task.records("test"):
-                p = task.prompt(r, demos, fmt)
+            for i, r in enumerate(task.records("test")):
+                p = task.prompt(r, demos if i < 3 else [], fmt)  # long k-shot prompts: a few
                 assert _prefix_ok(tok, p, r["output"]), (task.name, fmt, r["id"])
