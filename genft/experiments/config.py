@@ -63,13 +63,32 @@ class MethodSpec(BaseModel):
     batch_size: int | None = Field(None, gt=0)
     grad_accum: int | None = Field(None, gt=0)
     max_length: int | None = Field(None, gt=0)
-    shots: int | None = Field(None, ge=0, description="FTICL: demos per training input")
+    shots: int | dict[str, int] | None = Field(
+        None, description="FTICL: demos per training input; a mapping task-or-family -> k when "
+                          "it differs per training task (the study's k depends on the family)")
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, shots):
+        values = shots.values() if isinstance(shots, dict) else [shots] if shots is not None else []
+        if any(k < 0 for k in values):
+            raise ValueError("shots must be >= 0")
+        return shots
+
+    def shots_for(self, task) -> int | None:
+        if not isinstance(self.shots, dict):
+            return self.shots
+        for key in (task.name, task.family):
+            if key in self.shots:
+                return self.shots[key]
+        return None
 
 
 class Checkpoints(_Strict):
     """Evaluate intermediate checkpoints: every ``every`` steps, on a small grid."""
 
     every: int = Field(gt=0)
+    methods: list[str] | None = Field(None, description="method entries to follow (default: all)")
     tests: list[str] | None = Field(None, description="default: the generation test sets")
     shots: list[int] | None = Field(None, description="default: the smallest k of each test set")
     formats: list[Format] | None = Field(None, description="default: the first format")
@@ -96,6 +115,8 @@ class ExperimentConfig(_Strict):
     eval_batch_size: int = Field(8, gt=0)
     checkpoints: Checkpoints | None = None
     normalize: Literal["chance", "raw"] = "chance"
+    held_out: list[str] | None = Field(
+        None, description="test sets of the normalized average (default: the cross-task ones)")
 
     @field_validator("methods")
     @classmethod
@@ -129,6 +150,15 @@ class ExperimentConfig(_Strict):
         if any(s is not None and s <= 0 for s in sizes):
             raise ValueError("train sizes must be positive (or null for the whole train split)")
         return sizes
+
+    @model_validator(mode="after")
+    def _checkpoint_methods(self) -> ExperimentConfig:
+        unknown = [m for m in (self.checkpoints.methods or [])] if self.checkpoints else []
+        unknown = [m for m in unknown if m not in self.methods]
+        if unknown:
+            raise ValueError(f"checkpoints.methods names {unknown}, which are not entries of "
+                             f"`methods` ({', '.join(self.methods)})")
+        return self
 
     def method_name(self, name: str) -> str:
         return self.methods[name].method or name

@@ -152,7 +152,7 @@ def _add(cells: dict, cfg: ExperimentConfig, model: ModelRef, task: Task, k: int
 def select_tests(cfg: ExperimentConfig, reg: TaskRegistry, train_tasks: list[Task]) -> list[Task]:
     """Resolve ``test:``; ``auto`` = the train tasks' families (in- and out-of-domain) plus
     every other family. A grid trained only on offline data (package/local sources) keeps
-    ``auto`` offline: Hub tasks join only when a train task is itself from the Hub."""
+    ``auto`` offline: Hub tasks join only when some train task is itself from the Hub."""
     chosen: dict[str, Task] = {}
     for item in cfg.test:
         if item == "auto":
@@ -170,10 +170,9 @@ def select_tests(cfg: ExperimentConfig, reg: TaskRegistry, train_tasks: list[Tas
 def auto_tests(reg: TaskRegistry, train_tasks: list[Task]) -> list[Task]:
     families = {t.family for t in train_tasks}
     offline = all(t.spec.source.kind != "hub" for t in train_tasks)
-    own = [t for t in reg.all() if t.family in families]
-    others = [t for t in reg.all() if t.family not in families
-              and not (offline and t.spec.source.kind == "hub")]
-    return own + others
+    usable = [t for t in reg.all() if not (offline and t.spec.source.kind == "hub")]
+    return ([t for t in usable if t.family in families]
+            + [t for t in usable if t.family not in families])
 
 
 def relation(test: Task, train_families: set[str]) -> str:
@@ -224,7 +223,7 @@ def expand_jobs(cfg: ExperimentConfig, train_tasks: list[Task], include: tuple[s
         for group in groups:
             for size in cfg.train_sizes:
                 for seed in cfg.seeds:
-                    settings = _settings(cfg, label, method, [t.name for t in group], size, seed,
+                    settings = _settings(cfg, label, method, group, size, seed,
                                          include)
                     key = job_key(settings, label)
                     jobs.append(TrainJob(key, label, method, tuple(t.name for t in group), size, seed,
@@ -232,19 +231,24 @@ def expand_jobs(cfg: ExperimentConfig, train_tasks: list[Task], include: tuple[s
     return jobs
 
 
-def _settings(cfg: ExperimentConfig, label: str, method: str, tasks: list[str], size, seed,
+def _settings(cfg: ExperimentConfig, label: str, method: str, task_objs: list[Task], size, seed,
               include: tuple[str, ...]) -> dict:
+    tasks = [t.name for t in task_objs]
     spec = cfg.methods[label]
     common = cfg.training.model_dump()
     overrides = {k: v for k, v in spec.model_dump(exclude={"method"}).items() if v is not None}
+    overrides["shots"] = spec.shots_for(task_objs[0]) if len(task_objs) == 1 else spec.shots
+    if isinstance(overrides["shots"], dict):
+        raise GenftError(f"methods.{label}.shots: a per-task mapping needs one task per job")
     if "epochs" in overrides:
         common["steps"] = None
     if "steps" in overrides:
         common["epochs"] = None
     settings = {**common, **overrides, "model": cfg.model, "tasks": tasks, "method": method,
                 "train_size": size, "seed": seed, "include": list(include)}
-    if cfg.checkpoints is not None:
-        settings["save_every"] = cfg.checkpoints.every
+    ck = cfg.checkpoints
+    if ck is not None and (not ck.methods or label in ck.methods):
+        settings["save_every"] = ck.every
     return {k: v for k, v in settings.items() if v is not None}  # None: the trainer's default
 
 
@@ -281,7 +285,7 @@ def _total_steps(settings: dict, group: list[Task]) -> int | None:
 
 
 def intermediate_steps(cfg: ExperimentConfig, job: TrainJob) -> list[int]:
-    if cfg.checkpoints is None or job.total_steps is None:
+    if cfg.checkpoints is None or job.total_steps is None or "save_every" not in job.settings:
         return []
     return list(range(cfg.checkpoints.every, job.total_steps, cfg.checkpoints.every))
 
@@ -305,7 +309,7 @@ def estimate_tokens(plan: Plan) -> dict[str, int]:
         group = [plan.registry.get(n) for n in job.tasks]
         rec = sum(_record_tokens(t) for t in group) / len(group)
         s = job.settings
-        demos = s.get("shots") or (group[0].spec.fticl_shots if job.method == "fticl" else 0)
+        demos = (s.get("shots") or group[0].spec.fticl_shots) if job.method == "fticl" else 0
         length = min(rec * (1 + demos), s.get("max_length", 512))
         stages = 2 if job.method in ("promot",) else 1
         per_step = s.get("batch_size", 8) * s.get("grad_accum", 1)

@@ -128,8 +128,9 @@ def make_sections(data: D.ReportData) -> list[Section]:
 
     norm = D.normalized_average(data)
     s = Section("Normalized average over held-out tasks",
-                "Held-out tasks are the test sets of families the model was not trained on "
-                "(cross-task). Per held-out test set, " + NORMALIZE_TEXT[data.normalize] + "; the "
+                "Held-out tasks are the config's `held_out` test sets (minus the model's own "
+                "training tasks) or, if it names none, the test sets of families the model was "
+                "not trained on (cross-task). Per held-out test set, " + NORMALIZE_TEXT[data.normalize] + "; the "
                 "table averages it over the held-out sets (equal weight per set), at each k every "
                 "held-out set was evaluated with, and over all evaluated k; formats averaged.")
     if norm.empty:

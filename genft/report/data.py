@@ -129,12 +129,12 @@ def specialization(data: ReportData) -> pd.DataFrame:
     """For groups trained on classification: label-answer and empty-answer rates on the
     generation test sets, per model (base = reference), with the primary score."""
     rows = []
-    cells = data.prim.drop_duplicates(["group", "cell_key"])
     for group in data.groups:
         words = data.group_words(group)
         if not words:
             continue
-        d = cells[(cells["group"] == group) & (cells["test_type"] == "generation") & cells["step"].isna()]
+        d = data.final(group).drop_duplicates("cell_key")
+        d = d[d["test_type"] == "generation"]
         for model in model_order(d["model"]):
             for task, t in d[d["model"] == model].groupby("test_task"):
                 preds = [p for key in t["cell_key"] for p in data.predictions.get(key, [])]
@@ -168,7 +168,9 @@ def over_training(data: ReportData) -> pd.DataFrame:
             gen = x[x["test_type"] == "generation"]
             preds = [p for key in gen["cell_key"] for p in data.predictions.get(key, [])]
             cross = x[x["relation"] == "cross-task"]
-            rows.append({"train tasks": group, "model": model, "seed": seed, "step": step,
+            rows.append({"train tasks": group, "model": model,
+                         "size": "all" if size == float("inf") else int(size), "seed": seed,
+                         "step": step,
                          "label answers": label_answer_rate(preds, words) if words else None,
                          "cross-task score": cross.groupby("test_task")["value"].mean().mean()
                          if len(cross) else None})
@@ -185,12 +187,17 @@ def _final_step(ck_by_key, final: pd.DataFrame, inter: pd.DataFrame) -> int:
 
 
 def normalized_average(data: ReportData) -> pd.DataFrame:
-    """group × model: mean over held-out (cross-task) test sets of the normalized score,
+    """group × model: mean over held-out test sets (config `held_out`, minus the group's own
+    tasks; default: the cross-task sets) of the normalized score,
     per k shared by every held-out set, and over all evaluated k."""
     rows = []
+    chosen = data.runs[-1]["config"].get("held_out") if data.runs else None
     for group in data.groups:
         d = data.final(group)
-        held = d[d["relation"] == "cross-task"]
+        if chosen:
+            held = d[d["test_task"].isin(chosen) & ~d["test_task"].isin(group.split("+"))]
+        else:
+            held = d[d["relation"] == "cross-task"]
         if held.empty:
             continue
         tasks = held["test_task"].unique()

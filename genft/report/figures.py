@@ -115,9 +115,10 @@ def training_curves(over: pd.DataFrame) -> plt.Figure | None:
     if over.empty:
         return None
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
-    for i, ((group, model, seed), d) in enumerate(over.groupby(["train tasks", "model", "seed"])):
+    keys = ["train tasks", "model", "size", "seed"]
+    for i, ((group, model, size, seed), d) in enumerate(over.groupby(keys)):
         d = d.sort_values("step")
-        label = f"{model} ({group}, seed {seed})"
+        label = f"{model} ({group}, size {size}, seed {seed})"
         if d["label answers"].notna().any():
             a.plot(d["step"], d["label answers"], "-o", ms=4, color=color(model, i), label=label)
         b.plot(d["step"], d["cross-task score"], "-o", ms=4, color=color(model, i), label=label)
