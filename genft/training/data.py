@@ -34,6 +34,27 @@ class Example:
     n_demos: int = 0
 
 
+def train_pool(task, size: int | None) -> list[dict]:
+    """The task's training records, or ``size`` of them drawn at random (nested: the first
+    2,000 of a 4,000-item draw are the 2,000-item draw).
+
+    A random draw, not the first rows: balanced test/few-shot/dev splits are carved
+    off the front of the shuffled source, which leaves the front of the training
+    split short of the rarer labels.
+    """
+    if not task.has_train:
+        raise GenftError(f"task {task.name!r} has no train split to train on")
+    pool = task.records("train")
+    if size is None:
+        return pool
+    if size > len(pool):
+        raise GenftError(f"--train-size {size} is more than task {task.name!r}'s training pool "
+                         f"({len(pool)} items)")
+    order = list(range(len(pool)))
+    random.Random(f"{task.name}:train-draw").shuffle(order)
+    return [pool[i] for i in order[:size]]
+
+
 def fticl_demos(pool: list[dict], index: int, k: int, labels: list[str], rng: random.Random,
                 by_label: dict[str, list[int]]) -> list[dict]:
     """k demos for pool[index] from the rest of the pool, one per label first (if k allows).

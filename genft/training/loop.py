@@ -31,7 +31,7 @@ from genft.models import CHECKPOINT_FILE, LoadedModel, load_model, resolve
 from genft.tasks import registry
 from genft.training import checkpoint as ckpt
 from genft.training.config import TrainConfig
-from genft.training.data import build_examples, collate, micro_batches
+from genft.training.data import build_examples, collate, micro_batches, train_pool
 from genft.training.methods import (PromptedLM, Stage, add_lora, make_prompts, set_trainable,
                                     stages, uses_prompts)
 
@@ -51,7 +51,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
     out = Path(cfg.out)
     accelerator = Accelerator()
     tasks = registry(tuple(cfg.include)).select(cfg.tasks)
-    pools = [_train_pool(t, cfg.train_size) for t in tasks]
+    pools = [train_pool(t, cfg.train_size) for t in tasks]
     finished = _claim(out, cfg, resume, accelerator)
     if finished:
         return finished
@@ -61,16 +61,6 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
     for i, stage in enumerate(plan):
         run.run_stage(stage, last=i == len(plan) - 1, resume=resume)
     return run.save(out / "final", plan[-1], step=None)
-
-
-def _train_pool(task, size: int | None) -> list[dict]:
-    if not task.has_train:
-        raise GenftError(f"task {task.name!r} has no train split to train on")
-    pool = task.records("train")
-    if size is not None and size > len(pool):
-        raise GenftError(f"--train-size {size} is more than task {task.name!r}'s training pool "
-                         f"({len(pool)} items)")
-    return pool[:size] if size else pool
 
 
 def _claim(out: Path, cfg: TrainConfig, resume: bool, accelerator) -> Path | None:
