@@ -84,6 +84,10 @@ def config_from_args(args) -> TrainConfig:
 def cmd_train(args) -> int:
     from genft.training.loop import train
 
+    if args.no_progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     final = train(config_from_args(args), progress=not args.no_progress, resume=args.resume)
     print(final)
     return 0
