@@ -52,6 +52,7 @@ def task_rows(tasks, with_sizes: bool) -> list[dict]:
         if with_sizes:
             try:
                 row["sizes"] = t.sizes()
+                row["dropped"] = t.dropped
             except GenftError as e:  # e.g. a Hub dataset while offline: list it anyway
                 row["sizes"] = None
                 row["unavailable"] = str(e)

@@ -19,6 +19,8 @@ class DemoSampler:
     shared_prefix = False
 
     def __init__(self, pool: list[dict], k: int, labels: list[str] = (), seed: int = 0):
+        if k < 0:
+            raise GenftError(f"shots must be >= 0 (got {k})")
         if k > len(pool):
             raise GenftError(f"{k} shots asked for, but the few-shot pool has only {len(pool)} items")
         self.pool, self.k, self.labels, self.seed = pool, k, list(labels), seed

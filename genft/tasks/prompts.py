@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -35,19 +35,41 @@ TERMINATOR = "\n\n"
 _ENV = ImmutableSandboxedEnvironment(
     undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False
 )
+_ENV.globals.clear()  # no range/cycler/namespace…: a template sees the record's fields and nothing else
 
 
 def check_template(template: str, fields: set[str], where: str) -> None:
-    """Fail early on syntax errors or fields the task does not define."""
+    """Fail early (when the task file loads) on syntax errors, fields the task does not
+    define, and any reach for Python internals (an attribute or key starting with "_").
+    The sandbox refuses the latter at render time too; this names the file up front."""
     try:
-        used = meta.find_undeclared_variables(_ENV.parse(template))
+        ast = _ENV.parse(template)
     except TemplateSyntaxError as e:
         raise GenftError(f"{where}: template syntax error on line {e.lineno}: {e.message}") from None
+    reached = {_reached_name(n) for n in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter))}
+    internal = sorted((n for n in reached if n is not None and n.startswith(("_", "<"))),
+                      key=lambda n: (template.find(n), n))
+    if internal:
+        raise GenftError(f"{where}: template refused by the sandbox: it reaches for Python internals "
+                         f"({', '.join(internal)}); templates may only read fields")
+    used = meta.find_undeclared_variables(ast)
     unknown = sorted(used - fields)
     if unknown:
         raise GenftError(
             f"{where}: template uses undefined field(s) {unknown}; defined fields: {sorted(fields)}"
         )
+
+
+def _reached_name(node: nodes.Node) -> str | None:
+    """The attribute name an expression reads: ``x.name``, ``x["name"]``, ``x|attr("name")``."""
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+        return str(node.arg.value)
+    if isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
+        arg = node.args[0]
+        return str(arg.value) if isinstance(arg, nodes.Const) else "<computed attr() name>"
+    return None
 
 
 def render(template: str, record: dict) -> str:

@@ -40,6 +40,8 @@ class SourceSpec(_Strict):
     revision: str | None = None
     format: Literal["jsonl", "json", "csv", "parquet", "text_folder"] | None = None
     encoding: str = "utf-8"
+    encoding_errors: Literal["strict", "replace"] = Field(
+        "strict", description="replace: undecodable bytes become U+FFFD instead of an error")
 
     @model_validator(mode="after")
     def _needs(self) -> SourceSpec:

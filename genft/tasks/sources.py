@@ -31,7 +31,7 @@ def read_source(source: SourceSpec, base_dir: Path, splits: set[str]) -> dict[st
     """Load the named splits (a local or package source's single file is split ``train``)."""
     if source.kind == "hub":
         return _read_hub(source, splits)
-    return {split: read_file(path, source.format, source.encoding)
+    return {split: read_file(path, source.format, source.encoding, source.encoding_errors)
             for split, path in source_files(source, base_dir).items()}
 
 
@@ -73,8 +73,19 @@ def fingerprint(source: SourceSpec, base_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def read_file(path: Path, fmt: str | None, encoding: str = "utf-8") -> Rows:
-    """Read one local file (or a text folder) into row dicts."""
+# Long texts are data, not errors (the model's context length is applied at tokenization):
+# lift csv's 128 KiB per-field cap.
+csv.field_size_limit(2**31 - 1)
+
+
+def read_file(path: Path, fmt: str | None, encoding: str = "utf-8",
+              errors: str = "strict") -> Rows:
+    """Read one local file (or a text folder) into row dicts; every row is a mapping.
+
+    ``errors="replace"`` turns undecodable bytes into U+FFFD instead of failing
+    (``source.encoding_errors``); by default a wrong encoding is an error that names
+    the byte, because silently mangled text changes what the model reads.
+    """
     fmt = fmt or ("text_folder" if path.is_dir() else _EXTENSIONS.get(path.suffix.lower()))
     if fmt is None:
         raise GenftError(
@@ -83,28 +94,49 @@ def read_file(path: Path, fmt: str | None, encoding: str = "utf-8") -> Rows:
         )
     try:
         if fmt == "text_folder":
-            return _read_text_folder(path, encoding)
+            return _read_text_folder(path, encoding, errors)
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
-        text = path.read_text(encoding=encoding)
-    except UnicodeDecodeError as e:
-        raise GenftError(
-            f"{path}: not valid {encoding} at byte {e.start}; set source.encoding (e.g. latin-1)"
-        ) from None
+            rows = pq.read_table(path).to_pylist()
+        else:
+            rows = _parse_text(path, fmt, decode(path, path.read_bytes(), encoding, errors))
+    except GenftError:
+        raise
+    except LookupError:
+        raise GenftError(f"{path}: unknown source.encoding {encoding!r}") from None
     except OSError as e:
         raise GenftError(f"{path}: cannot read ({e.strerror or e})") from None
     except Exception as e:  # pyarrow raises many types for a corrupt file
-        raise GenftError(f"{path}: not a readable {fmt} file ({e})") from None
+        raise GenftError(f"{path}: not a readable {fmt} file ({_first_line(e)})") from None
+    if not rows:
+        raise GenftError(f"{path}: empty data file: no rows found (expected {fmt} rows)")
+    return rows
+
+
+def decode(path: Path, raw: bytes, encoding: str, errors: str = "strict") -> str:
+    """Bytes to text; a wrong encoding names the file, line and byte offset."""
+    try:
+        return raw.decode(encoding, errors=errors)
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise GenftError(
+            f"{path}:{line}: not valid {encoding} at byte {e.start} "
+            f"({raw[e.start:e.start + 1].hex(' ')}); set source.encoding (e.g. latin-1), or "
+            f"source.encoding_errors: replace to keep going with U+FFFD in place of bad bytes"
+        ) from None
+
+
+def _parse_text(path: Path, fmt: str, text: str) -> Rows:
     if fmt == "jsonl":
         rows = []
         for lineno, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise GenftError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+                rows.append(_mapping(row, f"{path}:{lineno}"))
         return rows
     if fmt == "json":
         try:
@@ -115,11 +147,27 @@ def read_file(path: Path, fmt: str | None, encoding: str = "utf-8") -> Rows:
             data = data["data"]
         if not isinstance(data, list):
             raise GenftError(f"{path}: expected a JSON list of objects (or {{'data': [...]}})")
-        return data
-    return list(csv.DictReader(io.StringIO(text, newline="")))
+        return [_mapping(row, f"{path}: item {i}") for i, row in enumerate(data, 1)]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return list(reader)
+    except csv.Error as e:
+        raise GenftError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
 
 
-def _read_text_folder(root: Path, encoding: str) -> Rows:
+def _mapping(row, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise GenftError(f"{where}: expected a JSON object (a row of named columns), "
+                         f"got {type(row).__name__}")
+    return row
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _read_text_folder(root: Path, encoding: str, errors: str) -> Rows:
     """One sub-folder per label, one document per file.
 
     Columns: ``label`` (the folder), ``title`` (the first line), ``text`` (the rest),
@@ -128,7 +176,7 @@ def _read_text_folder(root: Path, encoding: str) -> Rows:
     rows = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")):
         for f in sorted(folder.glob("*.txt")):
-            raw = f.read_bytes().decode(encoding, errors="replace")
+            raw = decode(f, f.read_bytes(), encoding, errors)
             title, _, body = raw.strip().partition("\n")
             body = body.strip()
             rows.append({

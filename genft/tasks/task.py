@@ -8,13 +8,20 @@ Splits are deterministic and disjoint: the rows of each source split are
 filtered, shuffled with the task's seed, and the roles drawing on that split take
 consecutive slices in the order test, fewshot, dev, train. Adding a train split
 therefore never changes the test items.
+
+Rows left out, and why, are counted in :attr:`Task.dropped`: rows failing a ``where``
+condition, rows whose label is listed in ``label.drop``, and rows with an *empty text*
+— a prompt field or a generation answer that is empty or only whitespace. An empty
+text cannot be a meaningful query or target, and one such row in a 40k-row file must
+not stop a run, so it is dropped and counted rather than an error.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -35,6 +42,7 @@ class Task:
     spec: TaskSpec
     path: Path
     _records: dict[str, list[dict]] | None = field(default=None, repr=False)
+    _dropped: Counter = field(default_factory=Counter, repr=False)
 
     @property
     def name(self) -> str:
@@ -61,16 +69,32 @@ class Task:
         if role not in ROLES:
             raise ValueError(role)
         if self._records is None:
-            self._records = _build_records(self.spec, self.path.parent, self.path)
+            self._records = _build_records(self.spec, self.path.parent, self.path, self._dropped)
         if role not in self._records:
             raise GenftError(f"task {self.name!r} defines no {role!r} split ({self.path})")
         return self._records[role]
 
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Source rows left out, by reason: ``where``, ``label.drop``, ``empty text``."""
+        self.records("test")
+        return dict(self._dropped)
+
     def render(self, record: dict, fmt: str = "prompt1") -> str:
-        return render(self.spec.template(fmt), record)
+        with self._naming_template(fmt):
+            return render(self.spec.template(fmt), record)
 
     def prompt(self, query: dict, demos: list[dict], fmt: str = "prompt1") -> str:
-        return kshot_prompt(self.spec.template(fmt), query, demos)
+        with self._naming_template(fmt):
+            return kshot_prompt(self.spec.template(fmt), query, demos)
+
+    @contextmanager
+    def _naming_template(self, fmt: str):
+        """Rendering errors name the task file and template they come from."""
+        try:
+            yield
+        except GenftError as e:
+            raise GenftError(f"{self.path}: {fmt}: {e}") from None
 
     @cached_property
     def data_hash(self) -> str:
@@ -115,11 +139,17 @@ def load_task_file(path: Path) -> Task:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise GenftError(f"file not found: {path}") from None
-    except UnicodeDecodeError:
-        raise GenftError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise GenftError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise GenftError(f"{path}:{line}: not UTF-8 text at byte {e.start} "
+                         f"({raw[e.start:e.start + 1].hex()}); save the file as UTF-8") from None
 
 
 def validation_message(path: Path, text: str, err: ValidationError, model: type) -> str:
@@ -170,26 +200,36 @@ def _valid_keys(model: type, loc: list[str]) -> list[str]:
 # ---------------------------------------------------------------- records
 
 
-def _build_records(spec: TaskSpec, base_dir: Path, path: Path) -> dict[str, list[dict]]:
+def _build_records(spec: TaskSpec, base_dir: Path, path: Path,
+                   dropped: Counter) -> dict[str, list[dict]]:
     roles = {r: s for r in ROLES if (s := getattr(spec.splits, r)) is not None}
     raw = read_source(spec.source, base_dir, {s.split for s in roles.values()})
     out: dict[str, list[dict]] = {}
+    dropped.clear()
     for split in dict.fromkeys(s.split for s in roles.values()):
         if split not in raw:
             raise GenftError(f"{path}: source has no split {split!r} (it has {sorted(raw)})")
-        records = _to_records(spec, raw[split], split, path)
+        if not raw[split]:
+            raise GenftError(f"{path}: source split {split!r} has no rows")
+        records = _to_records(spec, raw[split], split, path, dropped)
         random.Random(spec.seed).shuffle(records)
         for role, split_spec in roles.items():
             if split_spec.split == split:
                 out[role], records = _take(split_spec, records, spec.label)
+    if not out["test"]:
+        reasons = ", ".join(f"{n} by {why}" for why, n in sorted(dropped.items())) or "none"
+        raise GenftError(f"{path}: the test split is empty after filtering "
+                         f"(rows dropped: {reasons})")
     return out
 
 
-def _to_records(spec: TaskSpec, rows: list[dict], split: str, path: Path) -> list[dict]:
+def _to_records(spec: TaskSpec, rows: list[dict], split: str, path: Path,
+                dropped: Counter) -> list[dict]:
     records = []
     for i, row in enumerate(rows, 1):
         where = f"{path}: split {split!r} row {i}"
         if not all(_holds(c, row, where) for c in spec.where):
+            dropped["where"] += 1
             continue
         rec = {}
         for name, column in spec.fields.items():
@@ -197,11 +237,15 @@ def _to_records(spec: TaskSpec, rows: list[dict], split: str, path: Path) -> lis
         if spec.label is not None:
             label = _label(spec.label, _column(row, spec.label.column, where, "label"), where)
             if label is None:
+                dropped["label.drop"] += 1
                 continue
             rec["output"] = label
         else:
             rec["output"] = _text(_column(row, spec.output, where, "output"), spec.output,
                                   where).strip()
+        if not all(v.strip() for v in rec.values()):
+            dropped["empty text"] += 1
+            continue
         if spec.references is not None:
             refs = _column(row, spec.references, where, "references")
             if not isinstance(refs, list) or not refs:
