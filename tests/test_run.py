@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from genft.cli import main
 from genft.errors import GenftError
 from genft.experiments.plan import build_plan
 from genft.experiments.config import ExperimentConfig
@@ -115,15 +116,13 @@ def test_a_second_run_on_a_busy_directory_refuses(tmp_path):
     assert not (out / "results.db").exists()  # refused before touching anything
 
 
-def test_cli_refuses_busy_directory_with_one_line(tmp_path):
+def test_cli_refuses_busy_directory_with_one_line(tmp_path, capsys):
     out = tmp_path / "out"
     cfg = write_config(tmp_path, TINY)
-    with OutputLock(out):
-        r = subprocess.run([sys.executable, "-m", "genft.cli", "run", str(cfg), "--out", str(out)],
-                           capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0
-    assert "in use by another genft run (pid" in r.stderr
+    with OutputLock(out):  # another open file description: flock conflicts as across processes
+        assert main(["run", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"genft: error: {out} is in use by another genft run (pid" in err
 
 
 def _start(cfg: Path, out: Path, sleep: float) -> subprocess.Popen:

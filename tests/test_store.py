@@ -1,0 +1,75 @@
+"""The SQLite store: one transaction per cell, no duplicates, the output-directory lock."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from genft.errors import GenftError
+from genft.experiments.plan import Cell, ModelRef
+from genft.experiments.store import OutputLock, Store
+
+
+def cell(key="c1"):
+    return Cell(key, ModelRef("m1", "base"), "t", "fam", "generation", 1, "prompt1", "first",
+                "loglik", 5, 0)
+
+
+ITEMS = [{"id": f"test:{i}", "prompt_hash": "p", "prediction": f"x{i}", "gold": "y",
+          "scores": [0.5]} for i in range(3)]
+RECORD = {"metrics": {"rouge_l": 0.25}, "n": 3, "seconds": 1.5}
+
+
+def test_a_cell_and_its_items_are_stored_together_once(tmp_path):
+    store = Store(tmp_path / "results.db")
+    store.add_cell(cell(), RECORD, ITEMS, run_id=None)
+    store.add_cell(cell(), {**RECORD, "metrics": {"rouge_l": 0.9}}, ITEMS, run_id=None)
+    assert [c["metrics"] for c in store.cells()] == [{"rouge_l": 0.25}]  # first write wins
+    assert [i["prediction"] for i in store.items("c1")] == ["x0", "x1", "x2"]
+    assert store.cell_keys() == {"c1"}
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_failing_cell_write_leaves_nothing_behind(tmp_path):
+    store = Store(tmp_path / "results.db")
+    bad = ITEMS + [{"id": "x", "prediction": object()}]  # not serializable
+    with pytest.raises(TypeError):
+        store.add_cell(cell(), RECORD, bad, run_id=None)
+    assert store.cells() == [] and store.items() == []
+
+
+def test_runs_record_status_and_stages(tmp_path):
+    store = Store(tmp_path / "results.db")
+    run = store.start_run({"name": "x"}, {"versions": {"genft": "0"}})
+    store.finish_run(run, "finished", {"training: ft": 12.5})
+    (r,) = store.runs()
+    assert r["status"] == "finished" and r["stages"] == {"training: ft": 12.5}
+    assert r["finished"] >= r["started"]
+
+
+def test_open_existing_needs_a_results_file(tmp_path):
+    with pytest.raises(GenftError, match="no results.db"):
+        Store.open_existing(tmp_path)
+
+
+def test_lock_refuses_a_second_holder_even_in_another_process(tmp_path):
+    with OutputLock(tmp_path):
+        code = ("import sys; from genft.experiments.store import OutputLock\n"
+                "from genft.errors import GenftError\n"
+                f"try:\n    OutputLock(r'{tmp_path}').__enter__()\n"
+                "except GenftError as e:\n    print(e); sys.exit(3)\n")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 3 and "in use by another genft run (pid" in r.stdout
+    with OutputLock(tmp_path):  # released on exit: usable again
+        pass
+
+
+def test_the_database_is_plain_sqlite(tmp_path):
+    store = Store(tmp_path / "results.db")
+    store.add_cell(cell(), RECORD, ITEMS, run_id=None)
+    store.close()
+    db = sqlite3.connect(tmp_path / "results.db")
+    assert db.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 3
