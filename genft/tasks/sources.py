@@ -148,11 +148,26 @@ def _parse_text(path: Path, fmt: str, text: str) -> Rows:
         if not isinstance(data, list):
             raise GenftError(f"{path}: expected a JSON list of objects (or {{'data': [...]}})")
         return [_mapping(row, f"{path}: item {i}") for i, row in enumerate(data, 1)]
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # strict: an unclosed quote is an error, not the rest of the file swallowed into one field
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    rows = []
     try:
-        return list(reader)
+        header = reader.fieldnames or []
     except csv.Error as e:
-        raise GenftError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+        raise GenftError(f"{path}:1: malformed CSV header ({e})") from None
+    while True:
+        line = reader.line_num + 1  # where the next row starts
+        try:
+            row = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as e:
+            raise GenftError(f"{path}:{line}: malformed CSV ({e})") from None
+        if None in row or None in row.values():  # DictReader's marks for a ragged row
+            fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
+            raise GenftError(f"{path}:{reader.line_num}: malformed CSV: {fields} fields, but the "
+                             f"header has {len(header)} columns")
+        rows.append(row)
 
 
 def _mapping(row, where: str) -> dict:

@@ -34,7 +34,7 @@ from genft.tasks.prompts import check_template, kshot_prompt, render
 from genft.tasks.schema import (
     FORMATS, ROLES, ColumnRef, Condition, LabelSpec, Pick, SplitSpec, TaskSpec,
 )
-from genft.tasks.sources import fingerprint, read_source
+from genft.tasks.sources import fingerprint, read_source, source_files
 
 
 @dataclass
@@ -211,7 +211,7 @@ def _build_records(spec: TaskSpec, base_dir: Path, path: Path,
             raise GenftError(f"{path}: source has no split {split!r} (it has {sorted(raw)})")
         if not raw[split]:
             raise GenftError(f"{path}: source split {split!r} has no rows")
-        records = _to_records(spec, raw[split], split, path, dropped)
+        records = _to_records(spec, raw[split], split, _origin(spec, base_dir, path, split), dropped)
         random.Random(spec.seed).shuffle(records)
         for role, split_spec in roles.items():
             if split_spec.split == split:
@@ -223,11 +223,18 @@ def _build_records(spec: TaskSpec, base_dir: Path, path: Path,
     return out
 
 
-def _to_records(spec: TaskSpec, rows: list[dict], split: str, path: Path,
+def _origin(spec: TaskSpec, base_dir: Path, path: Path, split: str) -> Path:
+    """What a row error names: the data file (local and package sources), else the task file."""
+    if spec.source.kind == "hub":
+        return path
+    return source_files(spec.source, base_dir).get(split, path)
+
+
+def _to_records(spec: TaskSpec, rows: list[dict], split: str, origin: Path,
                 dropped: Counter) -> list[dict]:
     records = []
     for i, row in enumerate(rows, 1):
-        where = f"{path}: split {split!r} row {i}"
+        where = f"{origin}: split {split!r} row {i}"
         if not all(_holds(c, row, where) for c in spec.where):
             dropped["where"] += 1
             continue
