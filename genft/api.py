@@ -17,14 +17,15 @@ import pandas as pd
 
 
 def run(config, out: str | Path | None = None, *, dry_run: bool = False, progress: bool = True,
-        report: bool = True):
+        report: bool = True, threads: int | None = None):
     """Run (or resume) the grid of ``config`` (a YAML path, a dict or an ExperimentConfig).
 
     Returns a RunOutcome: ``out``, ``plan``, ``computed`` (cells computed by this call),
     ``trained`` (jobs trained by this call) and ``report`` (the HTML path)."""
     from genft.experiments.runner import run_experiment
 
-    return run_experiment(config, out, dry_run=dry_run, progress=progress, report=report)
+    return run_experiment(config, out, dry_run=dry_run, progress=progress, report=report,
+                          threads=threads)
 
 
 def train(*, out: str | Path, progress: bool = True, resume: bool = False, **settings) -> Path:

@@ -194,3 +194,40 @@ def test_genft_run_end_to_end(tmp_path):
     df = load_results(out)
     assert set(df["model"]) == {"base", "ft"}
     assert df[df["primary"]]["value"].between(0, 1).all()
+
+
+REAL = {
+    "name": "killme", "train_tasks": ["tweet_sentiment"], "methods": {"ft": {}},
+    "training": {"steps": 3, "batch_size": 2, "max_length": 96}, "train_sizes": [16],
+    "test": ["tweet_sentiment", "bbc_topic", "bbc_headline"], "shots": [0],
+    "limit": {"classification": 4, "generation": 2},
+}
+
+
+def _genft_run(cfg: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "genft.cli", "run", str(cfg), "--out", str(out),
+                             "--no-progress", "--no-report"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["training", "evaluation"])
+def test_sigkill_real_run_then_rerun_equals_uninterrupted_run(tmp_path, when):
+    """The real trainer and evaluator, killed with SIGKILL mid-stage, then resumed."""
+    cfg = write_config(tmp_path, REAL)
+    reference = tmp_path / "reference"
+    assert _genft_run(cfg, reference).wait(timeout=900) == 0
+    out = tmp_path / "out"
+    proc = _genft_run(cfg, out)
+    if when == "training":
+        _wait_for(lambda: "training ft" in _log(out), proc, timeout=600)
+        time.sleep(3)  # inside the training loop (model loaded, data built)
+    else:
+        _wait_for(lambda: "evaluating ft" in _log(out) and _log(out).count("cell ") >= 4, proc,
+                  timeout=900)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < len(table(out)) < len(table(reference))
+    assert _genft_run(cfg, out).wait(timeout=900) == 0
+    assert table(out) == table(reference)  # same keys, same metric values, no duplicates
+    assert item_rows(out) == item_rows(reference)

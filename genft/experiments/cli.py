@@ -20,6 +20,9 @@ def register(sub) -> None:
                    help="print the plan (training runs, cells, tokens to process) and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch (default: torch's choice; on a CPU shared with other "
+                        "jobs, 1 can be much faster)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="(re)write the HTML + Markdown report of an output directory",
@@ -40,7 +43,7 @@ def cmd_run(args) -> None:
     from genft.experiments.runner import run_experiment
 
     run_experiment(args.config, args.out, dry_run=args.dry_run, progress=not args.no_progress,
-                   report=not args.no_report)
+                   report=not args.no_report, threads=args.threads)
 
 
 def cmd_report(args) -> None:

@@ -50,10 +50,12 @@ def _heat(ax, m: pd.DataFrame, title: str, cmap: str, vmin, vmax, signed: bool =
     ax.set_xticks(range(len(m.columns)), m.columns, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(m.index)), m.index, fontsize=8)
     ax.set_title(title, fontsize=10)
+    lim = np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):
+            dark = abs(v) > 0.6 * lim if signed else v < 0.6 * (vmax or np.nanmax(values))
             ax.text(j, i, f"{v:+.3f}" if signed else f"{v:.3f}", ha="center", va="center",
-                    fontsize=8, color="black" if signed else "white")
+                    fontsize=8, color="white" if dark else "black")
 
 
 def kshot_curves(data: D.ReportData, group: str) -> plt.Figure | None:
