@@ -87,7 +87,8 @@ def make_backends(sleep: float = 0.0, calls: list | None = None) -> Backends:
         return FakeResult({metric: score, "extra": 0.5}, n, 0.01, items)
 
     def param_change(base, path):
-        return {"overall": {"mean_abs": 0.001, "relative": 0.01}, "mlp": {"mean_abs": 0.002}}
+        stats = {"params": 10, "mean_abs_change": 1e-4, "relative_change": 0.01, "max_abs_change": 0.1}
+        return {"overall": stats, "by_module": {"q_proj": stats, "down_proj": stats}}
 
     return Backends(load_model=load_model, train=train, train_config=train_config,
                     param_change=param_change, evaluate_cell=evaluate_cell)

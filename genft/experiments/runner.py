@@ -99,6 +99,7 @@ class _Runner:
 
     def execute(self) -> None:
         cfg = self.plan.config
+        self.store.mark_killed_runs()  # we hold the lock: no other run is alive
         meta = {**run_metadata(), "tasks": task_info(self.plan)}
         run_id = self.store.start_run(cfg.model_dump(), meta)
         self.run_id = run_id

@@ -83,6 +83,10 @@ class Store:
 
     # ------------------------------------------------------------ runs
 
+    def mark_killed_runs(self) -> None:
+        """Runs still 'running' when the lock is free again died without a word (SIGKILL, power)."""
+        self.db.execute("UPDATE runs SET status = 'killed' WHERE status = 'running'")
+
     def start_run(self, config: dict, meta: dict) -> int:
         cur = self.db.execute("INSERT INTO runs (started, status, config, meta) VALUES (?, ?, ?, ?)",
                               (time.time(), "running", json.dumps(config), json.dumps(meta)))

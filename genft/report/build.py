@@ -84,6 +84,14 @@ def make_sections(data: D.ReportData) -> list[Section]:
     s.tables.append(("", D.relation_summary(data)))
     sections.append(s)
 
+    spec = D.specialization(data)
+    s = Section("Format specialization", SPEC_TEXT)
+    if spec.empty:
+        s.text += " (No classification-trained model was tested on a generation task.)"
+    else:
+        s.tables.append(("", spec))
+    sections.append(s)
+
     s = Section("Heatmaps: training tasks × test sets",
                 SCORE_TEXT + " Top: each method's score; bottom: its difference from the base "
                 "model's in-context score on the same cells.")
@@ -106,14 +114,6 @@ def make_sections(data: D.ReportData) -> list[Section]:
         sections.append(Section("Training-size curves", "Primary metric averaged over shots, "
                                 "formats and seeds, per training-set size.",
                                 figures=[(f"trained on {g}", f) for g, f in size_figs]))
-
-    spec = D.specialization(data)
-    s = Section("Format specialization", SPEC_TEXT)
-    if spec.empty:
-        s.text += " (No classification-trained model was tested on a generation task.)"
-    else:
-        s.tables.append(("", spec))
-    sections.append(s)
 
     over = D.over_training(data)
     if not over.empty:
@@ -142,8 +142,10 @@ def make_sections(data: D.ReportData) -> list[Section]:
     pc = D.param_changes(data)
     if not pc.empty:
         sections.append(Section("Parameter change from the base model",
-                                "As computed by genft.training.param_change: mean absolute and "
-                                "relative change of the weights, overall and per module type.",
+                                "From genft.training.param_change: mean absolute change of the "
+                                "weights, relative change (sum |Δ| / sum |base weights|) and the "
+                                "largest change, overall and per module type (q_proj, down_proj, "
+                                "…; LoRA merged first; a soft prompt is not a weight).",
                                 tables=[("", pc)]))
     sections.append(_metadata(data))
     return sections
@@ -164,10 +166,10 @@ def _overview(data: D.ReportData, cfg: dict) -> str:
 def _metadata(data: D.ReportData) -> Section:
     rows, stage_rows = [], []
     for r in data.runs:
-        wall = (r["finished"] or r["started"]) - r["started"]
+        wall = round(r["finished"] - r["started"], 1) if r["finished"] else None
         rows.append({"run": r["id"], "started": time.strftime("%Y-%m-%d %H:%M:%S",
                                                              time.localtime(r["started"])),
-                     "status": r["status"], "wall time (s)": round(wall, 1),
+                     "status": r["status"], "wall time (s)": wall,
                      "seeds": ", ".join(map(str, r["config"].get("seeds", []))),
                      "eval seed": r["config"].get("eval_seed"),
                      **{f"{k}": v for k, v in r["meta"].get("versions", {}).items()}})
@@ -186,6 +188,8 @@ def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and pd.isna(v)) or v is pd.NA:
         return "–"
     if isinstance(v, float):
+        if v != 0 and abs(v) < 1e-3:
+            return f"{v:.2e}"
         return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
     return str(v)
 

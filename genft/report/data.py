@@ -213,23 +213,20 @@ def normalized_average(data: ReportData) -> pd.DataFrame:
 
 
 def param_changes(data: ReportData) -> pd.DataFrame:
+    """One row per (model, module type): mean |Δ|, relative change, max |Δ| (overall first)."""
     rows = []
-    for c in data.checkpoints:
-        if not c.get("param_change"):
+    for c in sorted(data.checkpoints, key=lambda c: (c["label"], c["step"] or 1 << 30)):
+        change = c.get("param_change")
+        if not change:
             continue
-        row = {"model": c["label"], "train tasks": "+".join(c["tasks"]), "size": c["train_size"],
-               "seed": c["seed"], "step": c["step"] if c["step"] is not None else "final"}
-        row.update(_flatten(c["param_change"]))
-        rows.append(row)
+        modules = {"overall": change.get("overall", {}), **change.get("by_module", {})}
+        for module, stats in modules.items():
+            if not isinstance(stats, dict):
+                continue
+            rows.append({"model": c["label"], "train tasks": "+".join(c["tasks"]),
+                         "size": c["train_size"] if c["train_size"] is not None else "all",
+                         "seed": c["seed"], "step": c["step"] if c["step"] is not None else "final",
+                         "module": module, "mean |Δ|": stats.get("mean_abs_change"),
+                         "relative change": stats.get("relative_change"),
+                         "max |Δ|": stats.get("max_abs_change")})
     return pd.DataFrame(rows)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, name + " "))
-        elif isinstance(v, (int, float)):
-            out[name] = v
-    return out
