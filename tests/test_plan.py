@@ -40,6 +40,9 @@ def test_keys_change_with_what_determines_a_result_and_only_with_that():
     assert lr.jobs[0].key != base.jobs[0].key
     assert {c.key for c in lr.cells if c.model.is_base} == {c.key for c in base.cells if c.model.is_base}
     assert not {c.key for c in lr.cells if not c.model.is_base} & keys
+    # the classification rule changes classification cells only
+    ft = {c.key for c in plan_of(scoring="first-token").cells}
+    assert {c.task for c in base.cells if c.key not in ft} == {"tweet_sentiment"}
     # a limit changes every cell; the description changes nothing
     assert not {c.key for c in plan_of(limit=10).cells} & keys
     assert {c.key for c in plan_of(description="x", name="other").cells} == keys

@@ -139,8 +139,9 @@ def build_plan(cfg: ExperimentConfig, config_dir: Path = Path(".")) -> Plan:
 
 def _add(cells: dict, cfg: ExperimentConfig, model: ModelRef, task: Task, k: int, fmt: str) -> None:
     limit = limit_for(cfg, task)
+    scoring = cfg.scoring if task.type == "classification" else "greedy"  # generation ignores it
     key = stable_hash({"model": model.key, "task": task.name, "data": task.data_hash, "shots": k,
-                       "format": fmt, "sampler": cfg.sampler, "scoring": cfg.scoring, "limit": limit,
+                       "format": fmt, "sampler": cfg.sampler, "scoring": scoring, "limit": limit,
                        "seed": cfg.eval_seed, "scoring_version": scoring_version()})
     cells.setdefault(key, Cell(key, model, task.name, task.family, task.type, k, fmt, cfg.sampler,
                                cfg.scoring, limit, cfg.eval_seed))
