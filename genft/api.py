@@ -49,11 +49,12 @@ def evaluate(model, task, shots: int = 0, fmt: str = "prompt1", **kwargs):
     return evaluate_cell(loaded, task, shots, fmt, **kwargs)
 
 
-def load_results(out: str | Path) -> pd.DataFrame:
-    """The tidy results of an output directory: one row per (cell, metric)."""
+def load_results(out: str | Path, all_cells: bool = False) -> pd.DataFrame:
+    """The tidy results of an output directory: one row per (cell, metric), for the cells of
+    the latest run's plan (``all_cells=True``: everything ever stored there)."""
     from genft.experiments.results import load_results as _load
 
-    return _load(out)
+    return _load(out, all_cells)
 
 
 def write_report(out: str | Path) -> Path:

@@ -21,6 +21,7 @@ import yaml
 from genft.cli import main
 from genft.errors import GenftError
 from genft.experiments.plan import build_plan
+from genft.experiments.results import load_results
 from genft.experiments.config import ExperimentConfig
 from genft.experiments.runner import run_experiment
 from genft.experiments.store import OutputLock, Store
@@ -96,6 +97,12 @@ def test_editing_the_config_computes_only_the_new_cells(tmp_path):
     assert outcome.computed == len(after) - len(before)
     assert all(after[k] == v for k, v in before.items())
     assert not any(c[0] == "train" for c in calls)  # formats do not change training
+    # going back to the smaller config computes nothing; results show its plan only
+    again = run_experiment(write_config(tmp_path, TINY), out, backends=make_backends(),
+                           progress=False, report=False, echo=lambda s: None)
+    assert again.computed == 0
+    assert set(load_results(out)["cell_key"]) == set(before)
+    assert set(load_results(out, all_cells=True)["cell_key"]) == set(after)
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):

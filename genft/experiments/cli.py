@@ -36,6 +36,8 @@ def register(sub) -> None:
     p.add_argument("dir", help="a `genft run` output directory")
     p.add_argument("--format", choices=RESULT_FORMATS, default="csv")
     p.add_argument("--output", "-o", metavar="FILE", help="default: DIR/results.<format>")
+    p.add_argument("--all", action="store_true",
+                   help="every cell ever stored, not only those of the latest run's plan")
     p.set_defaults(func=cmd_results)
 
 
@@ -57,4 +59,4 @@ def cmd_report(args) -> None:
 def cmd_results(args) -> None:
     from genft.experiments.results import export_results
 
-    print(export_results(args.dir, args.format, args.output))
+    print(export_results(args.dir, args.format, args.output, all_cells=args.all))

@@ -55,11 +55,12 @@ def normalized_score(value: float, metric: str, task: dict, mode: str = "chance"
     return (value - chance) / (perfect - chance) * 100
 
 
-def load_results(out: str | Path) -> pd.DataFrame:
-    """The tidy table of an output directory (see the module docstring for derived metrics)."""
+def load_results(out: str | Path, all_cells: bool = False) -> pd.DataFrame:
+    """The tidy table of an output directory (see the module docstring for derived metrics):
+    the cells of the latest run's plan, or every cell ever stored with ``all_cells``."""
     store = Store.open_existing(out)
     try:
-        return _table(store)
+        return _table(store, all_cells)
     finally:
         store.close()
 
@@ -70,8 +71,9 @@ COLUMNS = ["cell_key", "model_key", "model", "method", "train_tasks", "train_siz
            "primary", "normalized"]
 
 
-def _table(store: Store) -> pd.DataFrame:
+def _table(store: Store, all_cells: bool = False) -> pd.DataFrame:
     runs = store.runs()
+    planned = next((set(r["planned"]) for r in reversed(runs) if r["planned"]), None)
     tasks: dict[str, dict] = {}
     for r in runs:  # later runs' descriptions win
         tasks.update(r["meta"].get("tasks", {}))
@@ -81,6 +83,8 @@ def _table(store: Store) -> pd.DataFrame:
     preds = store.predictions()
     rows = []
     for cell in store.cells():
+        if planned is not None and not all_cells and cell["key"] not in planned:
+            continue  # from an earlier version of the config (or of the data)
         ck = ckpts.get(cell["model_key"])
         task = tasks.get(cell["task"], {"family": cell["family"], "type": cell["type"]})
         train_tasks = ck["tasks"] if ck else []
@@ -123,8 +127,9 @@ def _table(store: Store) -> pd.DataFrame:
     return df
 
 
-def export_results(out: str | Path, fmt: str, dest: str | Path | None = None) -> Path:
-    df = load_results(out)
+def export_results(out: str | Path, fmt: str, dest: str | Path | None = None,
+                   all_cells: bool = False) -> Path:
+    df = load_results(out, all_cells)
     dest = Path(dest) if dest else Path(out) / f"results.{fmt}"
     if fmt == "csv":
         df.to_csv(dest, index=False)

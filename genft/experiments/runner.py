@@ -101,7 +101,7 @@ class _Runner:
         cfg = self.plan.config
         self.store.mark_killed_runs()  # we hold the lock: no other run is alive
         meta = {**run_metadata(), "tasks": task_info(self.plan)}
-        run_id = self.store.start_run(cfg.model_dump(), meta)
+        run_id = self.store.start_run(cfg.model_dump(), meta, [c.key for c in self.plan.cells])
         self.run_id = run_id
         done = self.store.cell_keys()
         planned = {c.key for c in self.plan.cells}

@@ -29,7 +29,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     started REAL NOT NULL, finished REAL, status TEXT NOT NULL,
-    config TEXT NOT NULL, meta TEXT NOT NULL, stages TEXT NOT NULL DEFAULT '{}'
+    config TEXT NOT NULL, meta TEXT NOT NULL, stages TEXT NOT NULL DEFAULT '{}',
+    planned TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     key TEXT PRIMARY KEY, job_key TEXT NOT NULL, label TEXT NOT NULL, method TEXT NOT NULL,
@@ -60,6 +61,9 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+        if "planned" not in columns:  # a store written before runs recorded their plan
+            self.db.execute("ALTER TABLE runs ADD COLUMN planned TEXT NOT NULL DEFAULT '[]'")
 
     @classmethod
     def open_existing(cls, out: str | Path) -> Store:
@@ -87,9 +91,11 @@ class Store:
         """Runs still 'running' when the lock is free again died without a word (SIGKILL, power)."""
         self.db.execute("UPDATE runs SET status = 'killed' WHERE status = 'running'")
 
-    def start_run(self, config: dict, meta: dict) -> int:
-        cur = self.db.execute("INSERT INTO runs (started, status, config, meta) VALUES (?, ?, ?, ?)",
-                              (time.time(), "running", json.dumps(config), json.dumps(meta)))
+    def start_run(self, config: dict, meta: dict, planned: list[str] = ()) -> int:
+        """Record a run and the cell keys its plan holds (the report shows the latest plan)."""
+        cur = self.db.execute(
+            "INSERT INTO runs (started, status, config, meta, planned) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), "running", json.dumps(config), json.dumps(meta), json.dumps(list(planned))))
         return cur.lastrowid
 
     def finish_run(self, run_id: int, status: str, stages: dict[str, float]) -> None:
@@ -99,7 +105,8 @@ class Store:
     def runs(self) -> list[dict]:
         rows = self.db.execute("SELECT * FROM runs ORDER BY id").fetchall()
         return [{**dict(r), "config": json.loads(r["config"]), "meta": json.loads(r["meta"]),
-                 "stages": json.loads(r["stages"])} for r in rows]
+                 "stages": json.loads(r["stages"]), "planned": json.loads(r["planned"])}
+                for r in rows]
 
     # ------------------------------------------------------------ checkpoints
 
