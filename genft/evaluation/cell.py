@@ -73,7 +73,7 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
 
     if fast_path:
         batches = fast.plan_batches(inputs, size, task.type, first_token)
-        rank, world = _rank_world()
+        rank, world = rank_world()
         mine = batches[rank::world]
         bar = _bar(progress and rank == 0, len(inputs.items), f"{task.name} {shots}-shot {fmt}")
         on_items = (lambda n: bar.update(n * world)) if bar else (lambda n: None)
@@ -151,7 +151,7 @@ def _batch_size(batch_size, model, inputs: CellInputs, task, soft) -> int:
     return size
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_world() -> tuple[int, int]:
     """This process's rank and the process count (1 unless started by accelerate/torchrun)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1

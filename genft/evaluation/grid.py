@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genft.errors import GenftError
-from genft.evaluation.cell import CellResult, _rank_world, evaluate_cell
+from genft.evaluation.cell import CellResult, rank_world, evaluate_cell
 
 RESULTS_FILE = "results.jsonl"
 ITEMS_DIR = "items"
@@ -64,7 +64,7 @@ def evaluate_grid(loaded, cells: list[Cell], out_dir: str | Path, *, sampler: st
                   log=print) -> list[CellResult]:
     """Evaluate `cells` in order, appending each finished cell to `out_dir`; returns the new results."""
     out = Path(out_dir)
-    main = _rank_world()[0] == 0
+    main = rank_world()[0] == 0
     done = _finished_keys(out / RESULTS_FILE)
     results = []
     bar = None
