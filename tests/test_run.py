@@ -226,9 +226,9 @@ def test_sigkill_real_run_then_rerun_equals_uninterrupted_run(tmp_path, when):
     assert _genft_run(cfg, reference).wait(timeout=900) == 0
     out = tmp_path / "out"
     proc = _genft_run(cfg, out)
-    if when == "training":
-        _wait_for(lambda: "training ft" in _log(out), proc, timeout=600)
-        time.sleep(3)  # inside the training loop (model loaded, data built)
+    if when == "training":  # the trainer has claimed its directory: training is under way
+        _wait_for(lambda: any((out / "checkpoints").glob("*/genft_train.json")), proc, timeout=600)
+        assert not any((out / "checkpoints").glob("*/final/genft_checkpoint.json"))
     else:
         _wait_for(lambda: "evaluating ft" in _log(out) and _log(out).count("cell ") >= 4, proc,
                   timeout=900)
