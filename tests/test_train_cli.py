@@ -4,11 +4,11 @@ the same command runs data-parallel under `accelerate launch` (2 CPU processes, 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
 
-import pytest
 from test_train_methods import tiny_model  # noqa: F401  (fixture)
 
 from genft.cli import main
@@ -75,7 +75,7 @@ def test_two_process_data_parallel_run(tmp_path, tiny_model):  # noqa: F811
            "--main_process_port", str(_free_port()), "-m", "genft.cli", "train", *TINY_ARGS,
            "--model", tiny_model, "--steps", "3", "--save-every", "3", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     loaded = load_model(str(out / "final"))
     assert loaded.method == "ft"

@@ -50,6 +50,9 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
 
     out = Path(cfg.out)
     accelerator = Accelerator()
+    if resume and _sharded(accelerator):
+        raise GenftError("--resume needs the whole optimizer state in one process (single "
+                         "process or DDP); FSDP and DeepSpeed shard it")
     tasks = registry(tuple(cfg.include)).select(cfg.tasks)
     pools = [train_pool(t, cfg.train_size) for t in tasks]
     finished = _claim(out, cfg, resume, accelerator)
@@ -60,7 +63,10 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
     plan = stages(cfg, tasks)
     for i, stage in enumerate(plan):
         run.run_stage(stage, last=i == len(plan) - 1, resume=resume)
-    return run.save(out / "final", plan[-1], step=None)
+    final = run.save(out / "final", plan[-1], step=None)
+    if run.writer:
+        run.writer.close()
+    return final
 
 
 def _claim(out: Path, cfg: TrainConfig, resume: bool, accelerator) -> Path | None:
@@ -198,7 +204,7 @@ class _Run:
 
     def _save_intermediate(self, stage: Stage, step: int, optimizer) -> None:
         path = self.save(self.out / "checkpoints" / f"step-{step:06d}", stage, step)
-        if self.acc.is_main_process:
+        if self.acc.is_main_process and not _sharded(self.acc):
             ckpt.save_state(self.out, {"stage": stage.name, "step": step,
                                        "checkpoint": str(path.relative_to(self.out)),
                                        "optimizer": optimizer.state_dict(),
@@ -285,6 +291,13 @@ class _BestOnDev:
         with torch.no_grad():
             for prompt, best in zip(self.run.prompts, self.best):
                 prompt.embedding.weight.copy_(best)
+
+
+def _sharded(accelerator) -> bool:
+    """FSDP / DeepSpeed split the optimizer state over processes: no resumable state file."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def _lr_factor(cfg: TrainConfig, step: int, steps: int) -> float:
