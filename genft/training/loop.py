@@ -133,33 +133,10 @@ class _Run:
         if keeper:
             keeper.check(0)
         bar = _bar(stage, steps, start, self.progress)
-        pad = self.tokenizer.pad_token_id
         for step in range(start, steps):
             t0 = time.perf_counter()
-            step_batches = schedule(step)
-            n_answer = sum(len(examples[i].input_ids) - examples[i].loss_start
-                           for b in step_batches for i in b)
-            mine = step_batches[self.acc.process_index::self.world]
-            total_loss = torch.zeros((), device=self.acc.device)
-            n_tokens = 0
-            for j, batch in enumerate(mine):
-                inputs = {k: v.to(self.acc.device)
-                          for k, v in collate([examples[i] for i in batch], pad).items()}
-                n_tokens += sum(len(examples[i].input_ids) for i in batch)
-                sync = j == len(mine) - 1
-                with (self.acc.no_sync(self.wrapped) if not sync else nullcontext()):
-                    loss_sum = self.wrapped(**inputs)
-                    self.acc.backward(loss_sum * (self.world / n_answer))
-                total_loss += loss_sum.detach()
             lr = stage.lr * _lr_factor(self.cfg, step, steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if self.cfg.max_grad_norm:
-                self.acc.clip_grad_norm_(trainable, self.cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss = (self.acc.reduce(total_loss, "sum") / n_answer).item()
-            tokens = self.acc.reduce(torch.tensor(n_tokens, device=self.acc.device), "sum").item()
+            loss, tokens = self._step(examples, schedule(step), optimizer, trainable, lr)
             self._log(stage, step + 1, loss, lr, tokens, time.perf_counter() - t0, bar)
             if keeper and ((step + 1) % keeper.every == 0 or step + 1 == steps):
                 keeper.check(step + 1)
@@ -170,6 +147,36 @@ class _Run:
             keeper.restore_best()
         if not last:
             self.save(self.out / stage.name, stage, step=steps)
+
+    def _step(self, examples, step_batches, optimizer, trainable, lr) -> tuple[float, int]:
+        """One optimizer step over this process's share of the step's micro-batches.
+
+        The loss is summed over answer tokens and divided by the answer-token count
+        of the whole step on all processes; DDP averages gradients over processes,
+        hence the factor ``world``.
+        """
+        n_answer = sum(len(examples[i].input_ids) - examples[i].loss_start
+                       for b in step_batches for i in b)
+        mine = step_batches[self.acc.process_index::self.world]
+        total_loss = torch.zeros((), device=self.acc.device)
+        n_tokens = 0
+        for j, batch in enumerate(mine):
+            inputs = collate([examples[i] for i in batch], self.tokenizer.pad_token_id)
+            n_tokens += sum(len(examples[i].input_ids) for i in batch)
+            last_micro_batch = j == len(mine) - 1
+            with nullcontext() if last_micro_batch else self.acc.no_sync(self.wrapped):
+                loss_sum = self.wrapped(**{k: v.to(self.acc.device) for k, v in inputs.items()})
+                self.acc.backward(loss_sum * (self.world / n_answer))
+            total_loss += loss_sum.detach()
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if self.cfg.max_grad_norm:
+            self.acc.clip_grad_norm_(trainable, self.cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = (self.acc.reduce(total_loss, "sum") / n_answer).item()
+        tokens = self.acc.reduce(torch.tensor(n_tokens, device=self.acc.device), "sum").item()
+        return loss, int(tokens)
 
     def _schedule(self, stage: Stage, examples):
         """(number of optimizer steps, step -> list of global micro-batches)."""
