@@ -188,7 +188,7 @@ def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and pd.isna(v)) or v is pd.NA:
         return "–"
     if isinstance(v, float):
-        if v != 0 and abs(v) < 1e-3:
+        if v != 0 and abs(v) < 1e-2:
             return f"{v:.2e}"
         return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
     return str(v)
