@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from genft.errors import GenftError
+from genft.evaluation.cell import SCORINGS
 from genft.models import DEFAULT_MODEL
 from genft.tasks.cli import add_include_option
 from genft.tasks.demos import SAMPLERS
 from genft.tasks.schema import FORMATS
-
-from genft.evaluation.cell import SCORINGS
 
 
 def register(sub) -> None:
@@ -62,7 +61,7 @@ def cmd_eval(args) -> None:
         raise GenftError(f"--batch-size must be a positive integer or 'auto' (got {args.batch_size!r})")
     tasks = registry(tuple(args.include)).select(args.tasks)
     shots = _int_list(args.shots, "--shots") if args.shots else None
-    cells = plan_cells(tasks, shots, formats, args.sampler)
+    cells = plan_cells(tasks, shots, formats)
     loaded = load_model(args.model)
     evaluate_grid(loaded, cells, args.out, sampler=args.sampler, limit=args.limit,
                   batch_size=args.batch_size, seed=args.seed, scoring=args.scoring,

@@ -31,8 +31,7 @@ class Cell:
     format: str
 
 
-def plan_cells(tasks, shots: list[int] | None, formats: list[str], sampler: str = "first"
-               ) -> list[Cell]:
+def plan_cells(tasks, shots: list[int] | None, formats: list[str]) -> list[Cell]:
     """Every (task, shots, format); `shots=None` uses each task's own list. Checked before any model
     is loaded: a shot count beyond a task's few-shot pool is an error."""
     cells = []
