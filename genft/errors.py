@@ -19,3 +19,19 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean "x"?)' for the closest valid name, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def check_writable_dir(path, option: str = "--out") -> None:
+    """Create ``path`` if needed and prove a file can be written there, before any work starts
+    (a path under a regular file, a read-only disk, no permission: one line, not a traceback)."""
+    import os
+    from pathlib import Path
+
+    folder = Path(path)
+    probe = folder / f".genft-write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise GenftError(f"{option} {folder}: cannot write here ({e.strerror or e})") from None

@@ -17,7 +17,8 @@ import torch
 from genft.errors import GenftError
 from genft.evaluation import fast, metrics, reference
 from genft.evaluation.batching import auto_batch_size
-from genft.evaluation.encoding import CellInputs, build_inputs
+from genft.evaluation.encoding import CellInputs, build_inputs, context_window
+from genft.tasks.labels import check_label_words
 from genft.tasks.prompts import cut_generation
 from genft.tasks.schema import FORMATS
 
@@ -56,6 +57,10 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
     (``scoring="loglik"``: sum over the label's tokens) or the highest first-token
     logit (``"first-token"``, the study's variant). Generation: greedy, at most the
     task's ``max_new_tokens``, cut at the first blank line.
+
+    Label words the tokenizer cannot tell apart are refused before any scoring.
+    Contexts longer than the model's window are cut from the left (the answer's
+    room kept); ``info["truncated"]`` counts the items that were.
     """
     if fmt not in FORMATS:
         raise GenftError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -65,8 +70,10 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
         raise GenftError(f"shots must be >= 0 (got {shots})")
     start = time.perf_counter()
     model, tokenizer = loaded.model, loaded.tokenizer
+    check_label_words(task, tokenizer, scoring)
     soft = loaded.soft_prompt_for(task.name)
-    inputs = build_inputs(task, tokenizer, shots, fmt, sampler, limit, seed)
+    inputs = build_inputs(task, tokenizer, shots, fmt, sampler, limit, seed,
+                          window=context_window(model, soft))
     classify = task.type == "classification"
     first_token = classify and scoring == "first-token"
     size = _batch_size(batch_size, model, inputs, task, soft)
@@ -100,6 +107,7 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
         seconds=round(time.perf_counter() - start, 3), items=items, model=loaded.name,
         info={"seed": seed, "limit": limit, "batch_size": size, "fast_path": fast_path,
               "soft_prompt": soft is not None, "prefix_tokens": inputs.prefix_len,
+              "truncated": inputs.n_truncated,
               "data_hash": task.data_hash, "method": loaded.method,
               "base_model": loaded.base_model, **_versions()},
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from genft.errors import GenftError
+from genft.errors import GenftError, check_writable_dir
 from genft.evaluation.cell import SCORINGS
 from genft.models import DEFAULT_MODEL
 from genft.tasks.cli import add_include_option
@@ -51,6 +51,10 @@ def cmd_eval(args) -> None:
     from genft.models import load_model
     from genft.tasks.registry import registry
 
+    if args.no_progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the weight-loading bar too
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -62,6 +66,7 @@ def cmd_eval(args) -> None:
     tasks = registry(tuple(args.include)).select(args.tasks)
     shots = _int_list(args.shots, "--shots") if args.shots else None
     cells = plan_cells(tasks, shots, formats)
+    check_writable_dir(args.out)  # before the model is loaded
     loaded = load_model(args.model)
     evaluate_grid(loaded, cells, args.out, sampler=args.sampler, limit=args.limit,
                   batch_size=args.batch_size, seed=args.seed, scoring=args.scoring,

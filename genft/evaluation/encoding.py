@@ -17,6 +17,15 @@ same k demos, but the prefix must never be tokenized on its own: the demos end i
 predictions changed). Every full prompt is tokenized, and the prefix is the
 longest run of *token ids* that all prompts share — correct by construction for
 any sampler (with random demos it is just a few tokens).
+
+Too-long contexts. A context that would not fit the model's window (its
+``max_position_embeddings``, less the soft prompt, less room for the answer: the
+longest label continuation, or ``max_new_tokens`` for generation) keeps its
+**last** tokens, after any leading special tokens (BOS): the oldest demos go
+first and the question stays next to the answer; the continuation is never cut.
+Truncation works on the full prompt's token ids (no re-tokenizing of a cut text)
+and comes before the shared prefix is found, so both scorers read the same,
+truncated contexts. ``Item.truncated`` says how many tokens an item lost.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from genft.errors import GenftError
 from genft.tasks.demos import make_sampler
 from genft.tasks.prompts import separator
 
@@ -35,6 +45,7 @@ class Item:
     gold: str
     context: list[int]  # tokens(prompt)
     continuations: list[list[int]]  # one per label word (classification); empty for generation
+    truncated: int = 0  # context tokens cut from the left to fit the model's window
 
     @property
     def prompt_hash(self) -> str:
@@ -48,9 +59,19 @@ class CellInputs:
     prefix_len: int  # tokens every context shares (always < each context's length)
 
 
+    @property
+    def n_truncated(self) -> int:
+        """Items whose context was cut to fit the model's window."""
+        return sum(1 for it in self.items if it.truncated)
+
+
 def build_inputs(task, tokenizer, shots: int, fmt: str, sampler: str = "first",
-                 limit: int | None = None, seed: int = 0) -> CellInputs:
-    """Render, tokenize and find the shared token prefix of one (task, shots, format) cell."""
+                 limit: int | None = None, seed: int = 0, window: int | None = None) -> CellInputs:
+    """Render, tokenize and find the shared token prefix of one (task, shots, format) cell.
+
+    ``window``: the positions a context plus its answer may take (see
+    :func:`context_window`); longer contexts are cut from the left. None: no limit.
+    """
     tests = task.records("test")
     if limit is not None:
         tests = tests[:limit]
@@ -61,6 +82,8 @@ def build_inputs(task, tokenizer, shots: int, fmt: str, sampler: str = "first",
     for q, prompt, ctx in zip(tests, prompts, contexts):
         conts = [_continuation(tokenizer, prompt, ctx, separator(prompt) + w) for w in task.labels]
         items.append(Item(q["id"], prompt, q["output"], ctx, conts))
+    if window is not None:
+        _truncate(items, window, task, tokenizer)
     return CellInputs(items, list(task.labels), shared_prefix_len([it.context for it in items]))
 
 
@@ -76,6 +99,40 @@ def shared_prefix_len(contexts: list[list[int]]) -> int:
             i += 1
         n = i
     return max(n, 0)
+
+
+def context_window(model, soft_prompt=None) -> int | None:
+    """Positions available to context + answer: the model's ``max_position_embeddings``
+    less the soft prompt's virtual tokens (None if the config names no limit)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return None
+    return limit - (0 if soft_prompt is None else int(soft_prompt.shape[0]))
+
+
+def _truncate(items: list[Item], window: int, task, tokenizer) -> None:
+    """Cut every context to ``window`` less the answer's room, keeping its last tokens."""
+    if task.type == "classification":
+        room = max((len(c) for it in items for c in it.continuations), default=0)
+        answer = f"the longest label continuation ({room} tokens)"
+    else:
+        room = task.spec.max_new_tokens
+        answer = f"max_new_tokens ({room})"
+    budget = window - room
+    special = set(tokenizer.all_special_ids)
+    for it in items:
+        if len(it.context) <= budget:
+            continue
+        head = 0  # leading special tokens (BOS) stay at the start
+        while head < len(it.context) and it.context[head] in special:
+            head += 1
+        if budget - head < 1:
+            raise GenftError(f"task {task.name!r}: the model's window ({window} positions) leaves "
+                             f"no room for a prompt after {answer}; use a model with a longer "
+                             f"context{' or a smaller max_new_tokens' if room else ''}")
+        keep = budget - head
+        it.truncated = len(it.context) - head - keep
+        it.context = it.context[:head] + it.context[-keep:]
 
 
 def _tokenize(tokenizer, texts: list[str]) -> list[list[int]]:

@@ -17,8 +17,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from genft.errors import GenftError
+from genft.errors import GenftError, check_writable_dir
 from genft.evaluation.cell import CellResult, rank_world, evaluate_cell
+from genft.tasks.labels import check_label_words
 
 RESULTS_FILE = "results.jsonl"
 ITEMS_DIR = "items"
@@ -61,9 +62,17 @@ def evaluate_grid(loaded, cells: list[Cell], out_dir: str | Path, *, sampler: st
                   limit: int | None = None, batch_size: int | str = 8, seed: int = 0,
                   scoring: str = "loglik", progress: bool = True, fast_path: bool = True,
                   log=print) -> list[CellResult]:
-    """Evaluate `cells` in order, appending each finished cell to `out_dir`; returns the new results."""
+    """Evaluate `cells` in order, appending each finished cell to `out_dir`; returns the new results.
+
+    Every task's label words are checked against the tokenizer and the folder's
+    writability is proved first, so a bad input stops the grid before any cell runs.
+    """
     out = Path(out_dir)
     main = rank_world()[0] == 0
+    for task in {id(c.task): c.task for c in cells}.values():
+        check_label_words(task, loaded.tokenizer, scoring)
+    if main:
+        check_writable_dir(out)
     done = _finished_keys(out / RESULTS_FILE)
     results = []
     bar = None

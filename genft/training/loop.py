@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from genft.errors import GenftError
+from genft.errors import GenftError, check_writable_dir
 from genft.models import CHECKPOINT_FILE, LoadedModel, load_model, resolve
 from genft.tasks import registry
+from genft.tasks.labels import check_label_words
 from genft.training import checkpoint as ckpt
 from genft.training.config import TrainConfig
 from genft.training.data import build_examples, collate, micro_batches, train_pool
@@ -55,10 +56,11 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
                          "process or DDP); FSDP and DeepSpeed shard it")
     tasks = registry(tuple(cfg.include)).select(cfg.tasks)
     pools = [train_pool(t, cfg.train_size) for t in tasks]
+    loaded = loaded or load_model(cfg.model)
+    _check_inputs(cfg, tasks, loaded, out, accelerator)
     finished = _claim(out, cfg, resume, accelerator)
     if finished:
         return finished
-    loaded = loaded or load_model(cfg.model)
     run = _Run(cfg, accelerator, out, tasks, pools, loaded, progress)
     plan = stages(cfg, tasks)
     for i, stage in enumerate(plan):
@@ -67,6 +69,23 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
     if run.writer:
         run.writer.close()
     return final
+
+
+def _check_inputs(cfg: TrainConfig, tasks, loaded: LoadedModel, out: Path, accelerator) -> None:
+    """Refuse what would fail or mislead later, before the run claims its folder: label words
+    the tokenizer cannot tell apart, a --max-length beyond the model's window, an --out that
+    cannot be written."""
+    for task in tasks:
+        check_label_words(task, loaded.tokenizer, "loglik")
+    window = getattr(loaded.model.config, "max_position_embeddings", None)
+    virtual = cfg.prompt_length if uses_prompts(cfg) else 0
+    if isinstance(window, int) and cfg.max_length + virtual > window:
+        soft = f" + {virtual} soft-prompt tokens" if virtual else ""
+        raise GenftError(f"--max-length {cfg.max_length}{soft} is more than the model's window "
+                         f"({window} positions); use --max-length {window - virtual} or less")
+    if accelerator.is_main_process:
+        check_writable_dir(out)
+    accelerator.wait_for_everyone()  # no process looks into `out` while the probe file is there
 
 
 def _claim(out: Path, cfg: TrainConfig, resume: bool, accelerator) -> Path | None:
