@@ -238,3 +238,17 @@ def test_sigkill_real_run_then_rerun_equals_uninterrupted_run(tmp_path, when):
     assert _genft_run(cfg, out).wait(timeout=900) == 0
     assert table(out) == table(reference)  # same keys, same metric values, no duplicates
     assert item_rows(out) == item_rows(reference)
+
+
+def test_cli_out_under_a_regular_file_is_one_line(tmp_path, capsys):
+    """An unwritable --out is refused before any work (no chmod: CI may run as root)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    calls = []
+    with pytest.raises(GenftError, match=r"--out .*file/out: cannot write here \(Not a directory\)"):
+        run_experiment(write_config(tmp_path, TINY), blocker / "out",
+                       backends=make_backends(calls=calls), progress=False, echo=lambda s: None)
+    assert calls == []
+    assert main(["run", str(write_config(tmp_path, TINY)), "--out", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"genft: error: --out {blocker / 'out'}: cannot write")

@@ -22,6 +22,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from genft import __version__
+from genft.errors import check_writable_dir
 from genft.experiments.config import ExperimentConfig, parse_config
 from genft.experiments.plan import Cell, ModelRef, Plan, TrainJob, build_plan, describe
 from genft.experiments.store import DB_FILE, OutputLock, Store
@@ -77,6 +78,7 @@ def run_experiment(config, out: str | Path | None = None, *, dry_run: bool = Fal
         done = Store(out / DB_FILE).cell_keys() if (out / DB_FILE).is_file() else set()
         echo(describe(plan, done))
         return RunOutcome(out, plan)
+    check_writable_dir(out)  # an unwritable --out: one line, before anything is trained
     with OutputLock(out):
         runner = _Runner(plan, out, backends or Backends(), progress, echo)
         runner.execute()
