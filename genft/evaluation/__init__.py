@@ -3,8 +3,17 @@
 ``evaluate_cell(loaded, task, shots, fmt)`` measures one cell; ``evaluate_grid``
 runs many and writes results as each cell finishes; ``genft eval`` is the CLI.
 See docs/evaluation.md.
+
+The public names are imported lazily so that ``genft --help`` and the other
+commands do not pay for importing torch.
 """
 
-from genft.evaluation.cell import CellResult, evaluate_cell
-
 __all__ = ["CellResult", "evaluate_cell"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from genft.evaluation import cell
+
+        return getattr(cell, name)
+    raise AttributeError(f"module 'genft.evaluation' has no attribute {name!r}")

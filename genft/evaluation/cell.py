@@ -18,11 +18,10 @@ from genft.errors import GenftError
 from genft.evaluation import fast, metrics, reference
 from genft.evaluation.batching import auto_batch_size
 from genft.evaluation.encoding import CellInputs, build_inputs, context_window
-from genft.tasks.labels import check_label_words
+from genft.tasks.labels import SCORINGS, check_label_words
 from genft.tasks.prompts import cut_generation
 from genft.tasks.schema import FORMATS
 
-SCORINGS = ("loglik", "first-token")
 
 
 @dataclass

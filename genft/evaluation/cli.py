@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from genft.errors import GenftError, check_writable_dir
-from genft.evaluation.cell import SCORINGS
 from genft.models import DEFAULT_MODEL
 from genft.tasks.cli import add_include_option
 from genft.tasks.demos import SAMPLERS
+from genft.tasks.labels import SCORINGS
 from genft.tasks.schema import FORMATS
 
 

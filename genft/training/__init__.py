@@ -3,10 +3,23 @@
     from genft.training import TrainConfig, train, param_change
     final = train(TrainConfig(tasks=["tweet_sentiment"], method="ft", steps=40, out="runs/ft"))
     stats = param_change("smollm2-135m", final)
+
+``train`` and ``param_change`` are imported lazily so that the CLI's start-up
+(``genft --help``, ``genft tasks``) does not pay for importing torch.
 """
 
 from genft.training.config import METHODS, TrainConfig
-from genft.training.diff import param_change
-from genft.training.loop import train
 
 __all__ = ["METHODS", "TrainConfig", "train", "param_change"]
+
+
+def __getattr__(name: str):
+    if name == "train":
+        from genft.training.loop import train
+
+        return train
+    if name == "param_change":
+        from genft.training.diff import param_change
+
+        return param_change
+    raise AttributeError(f"module 'genft.training' has no attribute {name!r}")
