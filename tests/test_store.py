@@ -73,3 +73,60 @@ def test_the_database_is_plain_sqlite(tmp_path):
     store.close()
     db = sqlite3.connect(tmp_path / "results.db")
     assert db.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 3
+
+
+def _cap_pages(monkeypatch, extra_pages: int) -> None:
+    """Simulate a full disk: every store connection may grow by only ``extra_pages`` pages."""
+    real_init = Store.__init__
+
+    def capped(self, path):
+        real_init(self, path)
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        self.db.execute(f"PRAGMA max_page_count = {pages + extra_pages}")
+
+    monkeypatch.setattr(Store, "__init__", capped)
+
+
+def test_full_disk_while_storing_is_one_line_and_committed_cells_stay(tmp_path, monkeypatch):
+    from genft.experiments.runner import run_experiment
+    from test_run import TINY, item_rows, table, write_config
+    from test_run_fakes import make_backends
+
+    def backends():  # long predictions: every cell needs a new page or two (4 KiB each)
+        b = make_backends()
+        evaluate = b.evaluate_cell
+
+        def wordy(*args, **kwargs):
+            result = evaluate(*args, **kwargs)
+            for it in result.items:
+                it["prediction"] = it["prediction"] + " and so on" * 60
+            return result
+        b.evaluate_cell = wordy
+        return b
+
+    cfg = write_config(tmp_path, TINY)
+    reference = tmp_path / "reference"
+    run_experiment(cfg, reference, backends=backends(), progress=False, report=False,
+                   echo=lambda s: None)
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        _cap_pages(m, 8)
+        with pytest.raises(GenftError) as err:
+            run_experiment(cfg, out, backends=backends(), progress=False, report=False,
+                           echo=lambda s: None)
+    message = str(err.value)
+    partial = table(out)
+    assert "\n" not in message
+    assert message.startswith(f"{out / 'results.db'}: disk full while storing cell ")
+    assert f"; {len(partial)} finished cells are stored intact — free space and run the same" in message
+    assert 0 < len(partial) < len(table(reference))
+    assert all(table(reference)[k] == v for k, v in partial.items())
+    db = sqlite3.connect(out / "results.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    # no half-stored cell: every stored cell has all its items
+    assert {k for k, *_ in item_rows(out)} == set(partial)
+
+    run_experiment(cfg, out, backends=backends(), progress=False, report=False,
+                   echo=lambda s: None)  # space freed: the same command completes
+    assert table(out) == table(reference)
+    assert item_rows(out) == item_rows(reference)

@@ -9,12 +9,14 @@ progress; running the same command again skips every key already stored.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import platform
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,7 +24,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from genft import __version__
-from genft.errors import check_writable_dir
+from genft.errors import GenftError, check_writable_dir
 from genft.experiments.config import ExperimentConfig, parse_config
 from genft.experiments.plan import Cell, ModelRef, Plan, TrainJob, build_plan, describe
 from genft.experiments.store import DB_FILE, OutputLock, Store
@@ -79,16 +81,31 @@ def run_experiment(config, out: str | Path | None = None, *, dry_run: bool = Fal
         echo(describe(plan, done))
         return RunOutcome(out, plan)
     check_writable_dir(out)  # an unwritable --out: one line, before anything is trained
-    with OutputLock(out):
+    with OutputLock(out), _disk_full(out, "training and evaluating"):
         runner = _Runner(plan, out, backends or Backends(), progress, echo)
         runner.execute()
         outcome = RunOutcome(out, plan, runner.computed, runner.trained)
     if report:
         from genft.report import build_report
 
-        outcome.report = build_report(out)
+        with _disk_full(out, "writing the report"):
+            outcome.report = build_report(out)
         echo(f"report: {outcome.report}")
     return outcome
+
+
+@contextmanager
+def _disk_full(out: Path, what: str):
+    """A full disk (checkpoints, logs, the report) becomes one line; the store's own writes
+    say so themselves (Store.writing)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise GenftError(f"{out}: disk full while {what} ({e.filename or e.strerror}); every "
+                         f"finished cell is stored intact — free space and run the same command "
+                         f"again") from None
 
 
 class _Runner:
@@ -131,10 +148,17 @@ class _Runner:
             raise
         finally:
             self.bar.close()
-            self.store.finish_run(run_id, status, dict(self.stages))
-            self.log.info("run %d %s: %d cells computed, %d jobs trained", run_id, status,
-                          self.computed, self.trained)
-            self.store.close()
+            try:
+                self.store.finish_run(run_id, status, dict(self.stages))
+            except GenftError:
+                if status == "finished":
+                    raise
+                # the error already on its way out says more; the run stays 'running' and
+                # the next run marks it 'killed'
+            finally:
+                self.log.info("run %d %s: %d cells computed, %d jobs trained", run_id, status,
+                              self.computed, self.trained)
+                self.store.close()
 
     # ------------------------------------------------------------ training
 

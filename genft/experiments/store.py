@@ -76,31 +76,59 @@ class Store:
         self.db.close()
 
     @contextmanager
-    def transaction(self):
-        self.db.execute("BEGIN IMMEDIATE")
+    def transaction(self, what: str = "results"):
+        """All or nothing. On a full disk SQLite has already rolled the transaction back, so
+        ROLLBACK only runs while one is open (else it would hide the real error)."""
+        with self.writing(what):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def writing(self, what: str):
+        """A full disk or an I/O error while writing becomes one line naming the store; what
+        was committed before stays intact (SQLite's journal guarantees it)."""
         try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            yield
+        except sqlite3.OperationalError as e:
+            problem = _storage_problem(e)
+            if problem is None:
+                raise
+            raise GenftError(f"{self.path}: {problem} while storing {what}; {self._stored_cells()} "
+                             f"finished cells are stored intact — free space and run the same "
+                             f"command again") from None
+
+    def _stored_cells(self) -> str:
+        try:
+            return str(self.db.execute("SELECT count(*) FROM cells").fetchone()[0])
+        except sqlite3.Error:
+            return "the"
 
     # ------------------------------------------------------------ runs
 
     def mark_killed_runs(self) -> None:
         """Runs still 'running' when the lock is free again died without a word (SIGKILL, power)."""
-        self.db.execute("UPDATE runs SET status = 'killed' WHERE status = 'running'")
+        with self.writing("the run record"):
+            self.db.execute("UPDATE runs SET status = 'killed' WHERE status = 'running'")
 
     def start_run(self, config: dict, meta: dict, planned: list[str] = ()) -> int:
         """Record a run and the cell keys its plan holds (the report shows the latest plan)."""
-        cur = self.db.execute(
-            "INSERT INTO runs (started, status, config, meta, planned) VALUES (?, ?, ?, ?, ?)",
-            (time.time(), "running", json.dumps(config), json.dumps(meta), json.dumps(list(planned))))
+        with self.writing("the run record"):
+            cur = self.db.execute(
+                "INSERT INTO runs (started, status, config, meta, planned) VALUES (?, ?, ?, ?, ?)",
+                (time.time(), "running", json.dumps(config), json.dumps(meta),
+                 json.dumps(list(planned))))
         return cur.lastrowid
 
     def finish_run(self, run_id: int, status: str, stages: dict[str, float]) -> None:
-        self.db.execute("UPDATE runs SET finished = ?, status = ?, stages = ? WHERE id = ?",
-                        (time.time(), status, json.dumps(stages), run_id))
+        with self.writing("the run record"):
+            self.db.execute("UPDATE runs SET finished = ?, status = ?, stages = ? WHERE id = ?",
+                            (time.time(), status, json.dumps(stages), run_id))
 
     def runs(self) -> list[dict]:
         rows = self.db.execute("SELECT * FROM runs ORDER BY id").fetchall()
@@ -116,7 +144,7 @@ class Store:
 
     def add_checkpoint(self, *, key: str, job, step: int | None, path: Path, answer_words: list[str],
                        param_change: dict | None, seconds: float | None, run_id: int | None) -> None:
-        with self.transaction() as db:
+        with self.transaction(f"checkpoint {key}") as db:
             db.execute(
                 "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (key, job.key, job.label, job.method, json.dumps(list(job.tasks)), job.train_size,
@@ -134,7 +162,7 @@ class Store:
 
     def add_cell(self, cell, record: dict, items: list[dict], run_id: int | None) -> None:
         """Store a cell and its items in one transaction (all or nothing)."""
-        with self.transaction() as db:
+        with self.transaction(f"cell {cell.key}") as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (cell.key, cell.model.key, cell.model.label, cell.task, cell.family, cell.type,
@@ -164,6 +192,17 @@ class Store:
         for key, pred in self.db.execute("SELECT cell_key, prediction FROM items ORDER BY cell_key, idx"):
             out.setdefault(key, []).append(pred or "")
         return out
+
+
+def _storage_problem(e: sqlite3.OperationalError) -> str | None:
+    """'disk full' / 'disk I/O error' for SQLite's SQLITE_FULL / SQLITE_IOERR, else None."""
+    code = getattr(e, "sqlite_errorcode", None)
+    message = str(e).lower()
+    if code == sqlite3.SQLITE_FULL or "database or disk is full" in message:
+        return "disk full"
+    if code is not None and code & 0xFF == sqlite3.SQLITE_IOERR or "disk i/o error" in message:
+        return "disk I/O error"
+    return None
 
 
 def _text(value) -> str | None:
