@@ -201,6 +201,11 @@ def test_genft_run_end_to_end(tmp_path):
     df = load_results(out)
     assert set(df["model"]) == {"base", "ft"}
     assert df[df["primary"]]["value"].between(0, 1).all()
+    assert (df["truncated"] == 0).all()  # the evaluator's info reaches the export
+    for c in Store(out / "results.db").cells():  # every cell keeps the evaluator's provenance
+        info = c["provenance"]["info"]
+        assert info["data_hash"] == c["provenance"]["data_hash"] and "seed" in info
+        assert c["provenance"]["config_hash"]
 
 
 REAL = {
@@ -252,3 +257,79 @@ def test_cli_out_under_a_regular_file_is_one_line(tmp_path, capsys):
     assert main(["run", str(write_config(tmp_path, TINY)), "--out", str(blocker / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"genft: error: --out {blocker / 'out'}: cannot write")
+
+
+LOCAL_TASK = """\
+name: mytask
+family: mysentiment
+type: classification
+source:
+  kind: local
+  path: data.jsonl
+fields:
+  input: text
+label:
+  column: label
+  words: [negative, positive]
+metrics: [accuracy]
+prompt1: "### Input:\\n{{ input }}\\n### Sentiment:"
+prompt2: "Text: {{ input }}\\nSentiment:"
+max_new_tokens: 5
+splits:
+  test: {size: 4}
+  fewshot: {size: 4}
+  train: {size: 8}
+"""
+
+
+def _write_rows(folder: Path, rows: list[dict]) -> None:
+    import json
+
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_changed_data_file_recomputes_its_cells_and_jobs_and_keeps_the_old_ones(tmp_path):
+    """Row 31: an edited data file never reuses a cell or a checkpoint computed on the old data."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "mytask.yaml").write_text(LOCAL_TASK)
+    rows = [{"text": f"text {i}", "label": ["negative", "positive"][i % 2]} for i in range(20)]
+    _write_rows(tasks, rows)
+    cfg = write_config(tmp_path, {
+        "name": "changed", "include": ["tasks"], "train_tasks": ["mytask"], "methods": {"ft": {}},
+        "training": {"steps": 2, "batch_size": 2}, "test": ["mytask", "bbc_headline"],
+        "shots": [0], "limit": 2})
+    out = tmp_path / "out"
+
+    def run():  # a fresh process per run, as from the command line
+        assert _start(cfg, out, 0.0).wait(timeout=120) == 0
+        db = sqlite3.connect(out / "results.db")
+        rows = db.execute("SELECT key, task, model_label, provenance, created FROM cells")
+        return {r[0]: r[1:] for r in rows}
+
+    first = run()
+    assert len(first) == 4  # (base, ft) × (mytask, bbc_headline)
+    rows[5]["text"] = "an edited row"
+    _write_rows(tasks, rows)
+    second = run()
+    assert set(first) < set(second) and len(second) == 7
+    new = {k: v for k, v in second.items() if k not in first}
+    # the base model's cell on mytask, and every cell of the model trained on the new data
+    assert sorted((task, model) for task, model, *_ in new.values()) == [
+        ("bbc_headline", "ft"), ("mytask", "base"), ("mytask", "ft")]
+    assert all(second[k] == v for k, v in first.items())  # old cells untouched
+    store = Store(out / "results.db")
+    assert len({c["job_key"] for c in store.checkpoints()}) == 2  # retrained on the new data
+    import json
+
+    old_hash = {json.loads(v[2])["data_hash"] for v in first.values() if v[0] == "mytask"}
+    new_hash = {json.loads(v[2])["data_hash"] for v in new.values() if v[0] == "mytask"}
+    assert len(old_hash) == len(new_hash) == 1 and old_hash != new_hash
+    assert all(json.loads(v[2])["config_hash"] for v in second.values())
+    # the export shows the latest plan's cells, with the data they read
+    df = load_results(out)
+    assert set(df["cell_key"]) == set(new) | {k for k, v in first.items()
+                                              if (v[0], v[1]) == ("bbc_headline", "base")}
+    assert set(df[df["test_task"] == "mytask"]["data_hash"]) == new_hash
+    old_rows = load_results(out, all_cells=True)
+    assert set(old_rows[old_rows["test_task"] == "mytask"]["data_hash"]) == old_hash | new_hash

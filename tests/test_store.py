@@ -10,7 +10,7 @@ import pytest
 
 from genft.errors import GenftError
 from genft.experiments.plan import Cell, ModelRef
-from genft.experiments.store import OutputLock, Store
+from genft.experiments.store import SCHEMA, OutputLock, Store
 
 
 def cell(key="c1"):
@@ -130,3 +130,23 @@ def test_full_disk_while_storing_is_one_line_and_committed_cells_stay(tmp_path, 
                    echo=lambda s: None)  # space freed: the same command completes
     assert table(out) == table(reference)
     assert item_rows(out) == item_rows(reference)
+
+
+def test_a_store_from_before_cell_provenance_gains_the_column_and_keeps_its_cells(tmp_path):
+    path = tmp_path / "results.db"
+    old_schema = SCHEMA.replace(", provenance TEXT", "")
+    assert old_schema != SCHEMA
+    db = sqlite3.connect(path)
+    db.executescript(old_schema)
+    db.execute("INSERT INTO cells VALUES ('old', 'm1', 'base', 't', 'fam', 'generation', 1, "
+               "'prompt1', 'first', 'loglik', 5, 0, ?, 3, 1.0, 1.0, NULL)", ('{"rouge_l": 0.5}',))
+    db.commit()
+    db.close()
+    store = Store(path)
+    store.add_cell(cell("new"), RECORD, ITEMS, run_id=None,
+                   provenance={"data_hash": "abc", "config_hash": "def",
+                               "info": {"versions": {"genft": "0"}, "seed": 0, "truncated": 1}})
+    cells = {c["key"]: c for c in store.cells()}
+    assert cells["old"]["metrics"] == {"rouge_l": 0.5} and cells["old"]["provenance"] == {}
+    assert cells["new"]["provenance"]["info"]["versions"] == {"genft": "0"}
+    assert cells["new"]["provenance"]["data_hash"] == "abc"

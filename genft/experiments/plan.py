@@ -4,7 +4,8 @@ A key is a hash of everything that determines the result and nothing else, so a
 result computed once is never computed again: re-running after an interruption
 finds most keys in the store, and editing the config adds only the new keys.
 
-* training job key = hash of the trainer's full TrainConfig minus ``out``;
+* training job key = hash of the trainer's full TrainConfig minus ``out``, plus the data
+  hash of each training task (an edited training file trains a new model);
 * model key = the job key (final checkpoint), the job key + step (intermediate),
   or hash of the base model name (the reference row);
 * cell key = hash of (model key, task name + data hash, shots, format, sampler,
@@ -83,6 +84,7 @@ class Cell:
     scoring: str
     limit: int | None
     seed: int
+    data_hash: str = ""  # the test task's data hash (part of the key; kept as provenance)
 
     def eval_kwargs(self, batch_size: int) -> dict:
         return dict(sampler=self.sampler, limit=self.limit, batch_size=batch_size, seed=self.seed,
@@ -144,7 +146,7 @@ def _add(cells: dict, cfg: ExperimentConfig, model: ModelRef, task: Task, k: int
                        "format": fmt, "sampler": cfg.sampler, "scoring": scoring, "limit": limit,
                        "seed": cfg.eval_seed, "scoring_version": scoring_version()})
     cells.setdefault(key, Cell(key, model, task.name, task.family, task.type, k, fmt, cfg.sampler,
-                               cfg.scoring, limit, cfg.eval_seed))
+                               cfg.scoring, limit, cfg.eval_seed, task.data_hash))
 
 
 # ---------------------------------------------------------------- test sets
@@ -226,7 +228,7 @@ def expand_jobs(cfg: ExperimentConfig, train_tasks: list[Task], include: tuple[s
                 for seed in cfg.seeds:
                     settings = _settings(cfg, label, method, group, size, seed,
                                          include)
-                    key = job_key(settings, label)
+                    key = job_key(settings, label, {t.name: t.data_hash for t in group})
                     jobs.append(TrainJob(key, label, method, tuple(t.name for t in group), size, seed,
                                          settings, _total_steps(settings, group)))
     return jobs
@@ -253,12 +255,13 @@ def _settings(cfg: ExperimentConfig, label: str, method: str, task_objs: list[Ta
     return {k: v for k, v in settings.items() if v is not None}  # None: the trainer's default
 
 
-def job_key(settings: dict, label: str) -> str:
-    """Hash of the trainer's complete TrainConfig (defaults included) minus ``out``."""
+def job_key(settings: dict, label: str, data: dict[str, str] | None = None) -> str:
+    """Hash of the trainer's complete TrainConfig (defaults included) minus ``out``, and of
+    ``data`` (each training task's data hash: the same settings on edited data are a new job)."""
     try:
         from genft.training import TrainConfig
     except ImportError:  # trainer not installed: hash what the config states
-        return stable_hash(settings)
+        return stable_hash({**settings, "data": data} if data else settings)
     try:
         tc = TrainConfig(**settings, out="")
     except (GenftError, TypeError, ValueError) as e:
@@ -266,6 +269,8 @@ def job_key(settings: dict, label: str) -> str:
     full = dataclasses.asdict(tc) if dataclasses.is_dataclass(tc) else tc.model_dump()
     full.pop("out", None)
     full.pop("include", None)  # where task files live is not what the job computes
+    if data:
+        full["data"] = data
     return stable_hash(full)
 
 

@@ -14,6 +14,10 @@ The primary metric of a test set (its task YAML's first metric) also gets
 ``normalized``: (score − chance) / (perfect − chance) × 100, chance = 1/number of
 labels for classification and 0 for generation (or score / perfect × 100 when
 the config says ``normalize: raw``).
+
+Provenance columns: ``data_hash`` (the test data the cell read), ``config_hash`` (the
+experiment config of the run that computed it) and ``truncated`` (items whose prompt was
+cut to the model's window); empty for cells stored by an older genft.
 """
 
 from __future__ import annotations
@@ -67,8 +71,8 @@ def load_results(out: str | Path, all_cells: bool = False) -> pd.DataFrame:
 
 COLUMNS = ["cell_key", "model_key", "model", "method", "train_tasks", "train_size", "train_seed",
            "step", "test_task", "test_family", "test_type", "test_domain", "relation", "shots",
-           "format", "sampler", "scoring", "limit", "eval_seed", "n", "seconds", "metric", "value",
-           "primary", "normalized"]
+           "format", "sampler", "scoring", "limit", "eval_seed", "n", "truncated", "seconds",
+           "data_hash", "config_hash", "metric", "value", "primary", "normalized"]
 
 
 def _table(store: Store, all_cells: bool = False) -> pd.DataFrame:
@@ -86,6 +90,7 @@ def _table(store: Store, all_cells: bool = False) -> pd.DataFrame:
         if planned is not None and not all_cells and cell["key"] not in planned:
             continue  # from an earlier version of the config (or of the data)
         ck = ckpts.get(cell["model_key"])
+        prov = cell["provenance"]  # {} for cells stored before provenance was kept
         task = tasks.get(cell["task"], {"family": cell["family"], "type": cell["type"]})
         train_tasks = ck["tasks"] if ck else []
         train_families = {tasks.get(t, {}).get("family") for t in train_tasks}
@@ -104,7 +109,9 @@ def _table(store: Store, all_cells: bool = False) -> pd.DataFrame:
             "test_domain": task.get("domain"), "relation": rel, "shots": cell["shots"],
             "format": cell["format"], "sampler": cell["sampler"], "scoring": cell["scoring"],
             "limit": cell["limit_n"], "eval_seed": cell["seed"], "n": cell["n"],
-            "seconds": cell["seconds"],
+            "truncated": prov.get("info", {}).get("truncated"), "seconds": cell["seconds"],
+            "data_hash": prov.get("data_hash") or prov.get("info", {}).get("data_hash"),
+            "config_hash": prov.get("config_hash"),
         }
         primary = (task.get("metrics") or [None])[0]
         metrics = {k: v for k, v in cell["metrics"].items() if isinstance(v, (int, float))}
@@ -122,7 +129,7 @@ def _table(store: Store, all_cells: bool = False) -> pd.DataFrame:
                          "normalized": normalized_score(value, metric, task, mode) if is_primary
                          else None})
     df = pd.DataFrame(rows, columns=COLUMNS)
-    for col in ("train_size", "train_seed", "step", "limit"):
+    for col in ("train_size", "train_seed", "step", "limit", "truncated"):
         df[col] = df[col].astype("Int64")
     return df
 

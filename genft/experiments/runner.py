@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from genft import __version__
 from genft.errors import GenftError, check_writable_dir
 from genft.experiments.config import ExperimentConfig, parse_config
-from genft.experiments.plan import Cell, ModelRef, Plan, TrainJob, build_plan, describe
+from genft.experiments.plan import (Cell, ModelRef, Plan, TrainJob, build_plan, describe,
+                                    stable_hash)
 from genft.experiments.store import DB_FILE, OutputLock, Store
 
 LOG_FILE = "genft.log"
@@ -114,6 +115,7 @@ class _Runner:
         self.store = Store(out / DB_FILE)
         self.log = _file_logger(out / LOG_FILE)
         self.stages: dict[str, float] = defaultdict(float)
+        self.config_hash = stable_hash(plan.config.model_dump())
         self.computed = self.trained = 0
 
     def execute(self) -> None:
@@ -239,7 +241,9 @@ class _Runner:
         result = self.b.evaluate_cell(loaded, task, cell.shots, cell.format,
                                       progress=self.progress, **cell.eval_kwargs(cfg.eval_batch_size))
         record = result.to_record()
-        self.store.add_cell(cell, record, result.items, self.run_id)
+        provenance = {"data_hash": cell.data_hash, "config_hash": self.config_hash,
+                      "info": getattr(result, "info", None) or {}}
+        self.store.add_cell(cell, record, result.items, self.run_id, provenance)
         self.computed += 1
         self.bar.update(1)
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items()

@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS cells (
     task TEXT NOT NULL, family TEXT NOT NULL, type TEXT NOT NULL, shots INTEGER NOT NULL,
     format TEXT NOT NULL, sampler TEXT NOT NULL, scoring TEXT NOT NULL, limit_n INTEGER,
     seed INTEGER NOT NULL, metrics TEXT NOT NULL, n INTEGER NOT NULL, seconds REAL NOT NULL,
-    created REAL NOT NULL, run_id INTEGER
+    created REAL NOT NULL, run_id INTEGER, provenance TEXT
 );
 CREATE TABLE IF NOT EXISTS items (
     cell_key TEXT NOT NULL REFERENCES cells(key), idx INTEGER NOT NULL, item_id TEXT NOT NULL,
@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (cell_key, idx)
 );
 """
+CELL_COLUMNS = ("key,model_key,model_label,task,family,type,shots,format,sampler,scoring,limit_n,"
+                "seed,metrics,n,seconds,created,run_id,provenance")
 
 
 class Store:
@@ -61,9 +63,14 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        columns = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
-        if "planned" not in columns:  # a store written before runs recorded their plan
-            self.db.execute("ALTER TABLE runs ADD COLUMN planned TEXT NOT NULL DEFAULT '[]'")
+        self._add_missing_column("runs", "planned", "TEXT NOT NULL DEFAULT '[]'")  # older stores
+        self._add_missing_column("cells", "provenance", "TEXT")  # stores before cell provenance
+
+    def _add_missing_column(self, table: str, column: str, decl: str) -> None:
+        """Migrate a store written by an older genft in place; its rows are kept as they are."""
+        if column not in {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}:
+            with self.writing("the schema"):
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     @classmethod
     def open_existing(cls, out: str | Path) -> Store:
@@ -160,14 +167,19 @@ class Store:
     def cell_keys(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT key FROM cells")}
 
-    def add_cell(self, cell, record: dict, items: list[dict], run_id: int | None) -> None:
-        """Store a cell and its items in one transaction (all or nothing)."""
+    def add_cell(self, cell, record: dict, items: list[dict], run_id: int | None,
+                 provenance: dict | None = None) -> None:
+        """Store a cell and its items in one transaction (all or nothing). ``provenance``
+        (the evaluator's info: versions, seed, data hash, truncation; the config hash) is
+        kept with the cell as JSON."""
         with self.transaction(f"cell {cell.key}") as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR IGNORE INTO cells ({CELL_COLUMNS}) "
+                f"VALUES ({','.join('?' * len(CELL_COLUMNS.split(',')))})",
                 (cell.key, cell.model.key, cell.model.label, cell.task, cell.family, cell.type,
                  cell.shots, cell.format, cell.sampler, cell.scoring, cell.limit, cell.seed,
-                 json.dumps(record["metrics"]), record["n"], record["seconds"], time.time(), run_id))
+                 json.dumps(record["metrics"]), record["n"], record["seconds"], time.time(), run_id,
+                 json.dumps(provenance, default=str) if provenance is not None else None))
             if cur.rowcount == 0:
                 return  # already stored (a concurrent writer cannot exist: the run holds the lock)
             db.executemany(
@@ -178,7 +190,8 @@ class Store:
 
     def cells(self) -> list[dict]:
         rows = self.db.execute("SELECT * FROM cells ORDER BY created").fetchall()
-        return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in rows]
+        return [{**dict(r), "metrics": json.loads(r["metrics"]),
+                 "provenance": json.loads(r["provenance"]) if r["provenance"] else {}} for r in rows]
 
     def items(self, cell_key: str | None = None) -> list[dict]:
         query, args = "SELECT * FROM items", ()
