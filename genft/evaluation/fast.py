@@ -7,10 +7,11 @@ an item is read off one row, at its last position. Rows are left-padded so all
 scored positions sit at the end of the batch, and the vocabulary head runs only
 there (``logits_to_keep``).
 
-Generation. Greedy decoding against the prefix cache, one token per step for a
-left-padded batch; a row leaves the batch (and the cache) as soon as it has
-produced a blank line, EOS or ``max_new_tokens`` tokens, so short answers stop
-costing compute.
+Generation. Greedy decoding against the prefix cache with continuous batching:
+a row leaves the batch (and the cache) as soon as it has produced a blank line,
+EOS or ``max_new_tokens`` tokens, and an already prefilled row takes its slot
+at once, so every decode step carries a full batch (on CPU a step costs about
+the same for 2 rows as for 8).
 
 Batches are planned up front (:func:`plan_batches`) so that a run split over
 several processes computes exactly the batches a single process would.
@@ -137,44 +138,139 @@ def score_batches(model, tokenizer, inputs: CellInputs, batches: list[list[Row]]
     return scores
 
 
+@dataclass
+class _Running:
+    """Rows being decoded: their cache, attention mask, and the token each feeds next (already
+    part of its answer) at position next_pos."""
+    items: list[int]
+    cache: object
+    mask: torch.Tensor  # [rows, cache length]
+    next_pos: torch.Tensor  # [rows]
+    tokens: list[int]
+
+    def select(self, keep: list[int], trim: bool) -> None:
+        """Keep only rows `keep`; with `trim`, also drop cache columns no remaining row attends to."""
+        index = torch.tensor(keep, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.items = [self.items[b] for b in keep]
+        self.tokens = [self.tokens[b] for b in keep]
+        self.mask, self.next_pos = self.mask[index], self.next_pos[index]
+        used = self.mask.any(0)
+        if trim and not bool(used.all()):
+            columns = used.nonzero().squeeze(-1)
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, columns], layer.values[:, :, columns]
+            self.mask = self.mask[:, columns]
+
+    def take(self, n: int) -> "_Running":
+        """Remove the first n rows and return them as a batch of their own."""
+        head = copy.copy(self)
+        head.cache = copy.copy(self.cache)
+        head.cache.layers = [copy.copy(layer) for layer in self.cache.layers]
+        head.select(list(range(n)), trim=True)
+        self.select(list(range(n, len(self.items))), trim=True)
+        return head
+
+    def absorb(self, other: "_Running") -> None:
+        """Append other's rows: the shorter cache is left-padded (masked out) to the longer one."""
+        length = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([_pad_columns(mine.keys, length), _pad_columns(theirs.keys, length)])
+            mine.values = torch.cat([_pad_columns(mine.values, length),
+                                     _pad_columns(theirs.values, length)])
+        self.mask = torch.cat([_pad_columns(self.mask[:, :, None], length)[:, :, 0],
+                               _pad_columns(other.mask[:, :, None], length)[:, :, 0]])
+        self.items += other.items
+        self.next_pos = torch.cat([self.next_pos, other.next_pos])
+        self.tokens += other.tokens
+
+
+def _pad_columns(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Left-pad dim -2 (the sequence dimension of a [.., seq, dim] tensor) with zeros to `length`."""
+    return torch.nn.functional.pad(x, (0, 0, length - x.shape[-2], 0))
+
+
+def _mergeable(cache) -> bool:
+    """Rows can join a running batch only if every cache layer is a plain growing K/V tensor."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _prefill(model, tokenizer, rows: list[Row], prefix: PrefixCache, device):
+    """The rows' suffixes run against the prefix cache: their cache and last logits."""
+    ids, mask, positions = _left_pad([r.tokens for r in rows], tokenizer.pad_token_id,
+                                     prefix.length, device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                past_key_values=prefix.for_batch(len(rows)), use_cache=True, logits_to_keep=1)
+    batch = _Running([r.item for r in rows], out.past_key_values, mask, positions[:, -1], [])
+    return batch, out.logits[:, -1]
+
+
 @torch.inference_mode()
 def generate_batches(model, tokenizer, batches: list[list[Row]], prefix: PrefixCache,
                      max_new_tokens: int, on_items: Callable[[int], None] = lambda n: None
                      ) -> dict[int, list[int]]:
-    """Greedy continuations {item index: new token ids}; rows leave the batch when done."""
+    """Greedy continuations {item index: new token ids}, decoded with continuous batching.
+
+    At most ``width = max(len(b) for b in batches)`` rows go through any forward pass. Rows
+    are prefilled ``width`` at a time (in planned order) into a waiting pool; a row leaves the
+    decoding batch as soon as it has produced a blank line, EOS or ``max_new_tokens`` tokens,
+    and waiting rows take the free slots before the next step, their caches joined to the
+    running one. On CPU a decode step costs about the same for 2 or 8 rows, so keeping the
+    batch full is what saves time. Each row's computation is its own (padding is masked out),
+    so the tokens equal the reference's. Caches that cannot be joined (anything but plain
+    growing K/V layers) fall back to running each prefilled batch to its end.
+    """
     out: dict[int, list[int]] = {}
     device = _device(model)
     eos = tokenizer.eos_token_id
-    for batch in batches:
-        ids, mask, positions = _left_pad([r.tokens for r in batch], tokenizer.pad_token_id,
-                                         prefix.length, device)
-        cache = prefix.for_batch(len(batch))
-        live = [r.item for r in batch]  # item index of each remaining row
-        new: dict[int, list[int]] = {i: [] for i in live}
-        next_pos = positions[:, -1] + 1
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-        while live:
-            tokens = logits[:, -1].argmax(-1).tolist()
-            keep = []
-            for b, (item, token) in enumerate(zip(live, tokens)):
-                if token == eos:
-                    continue
-                new[item].append(token)
-                if len(new[item]) < max_new_tokens and not generation_done(tokenizer, new[item]):
+    width = max((len(b) for b in batches), default=0)
+    queue = [row for batch in batches for row in batch]
+    mergeable = False
+
+    def advance(batch: _Running, logits: torch.Tensor) -> _Running | None:
+        """Append each row's greedy token; rows that are done leave. None if none is left."""
+        keep, batch.tokens = [], logits.argmax(-1).tolist()
+        for b, (item, token) in enumerate(zip(batch.items, batch.tokens)):
+            if token != eos:
+                out[item].append(token)
+                if len(out[item]) < max_new_tokens and not generation_done(tokenizer, out[item]):
                     keep.append(b)
-            if not keep:
-                break
-            if len(keep) < len(live):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, next_pos = mask[index], next_pos[index]
-            live = [live[b] for b in keep]
-            step = torch.tensor([[tokens[b]] for b in keep], device=device)
-            mask = torch.cat([mask, mask.new_ones((len(keep), 1))], dim=1)
-            logits = model(input_ids=step, attention_mask=mask, position_ids=next_pos[:, None],
-                           past_key_values=cache, use_cache=True).logits
-            next_pos = next_pos + 1
-        out.update(new)
-        on_items(len(batch))
+                    continue
+            on_items(1)
+        if not keep:
+            return None
+        if len(keep) < len(batch.items):
+            batch.select(keep, trim=mergeable)
+        batch.next_pos = batch.next_pos + 1
+        return batch
+
+    running: _Running | None = None
+    pool: _Running | None = None  # prefilled rows waiting for a slot
+    while queue or pool is not None or running is not None:
+        free = width - (len(running.items) if running is not None else 0)
+        while free and (running is None or mergeable) and (queue or pool is not None):
+            if pool is None:
+                rows, queue = queue[:width], queue[width:]
+                out.update({r.item: [] for r in rows})
+                fresh, logits = _prefill(model, tokenizer, rows, prefix, device)
+                mergeable = _mergeable(fresh.cache)
+                pool = advance(fresh, logits)
+                continue
+            if running is None:
+                running, pool = pool, None
+            else:
+                joining = pool if len(pool.items) <= free else pool.take(free)
+                running.absorb(joining)
+                pool = None if joining is pool else pool
+            free = width - len(running.items)
+        if running is None:
+            continue
+        running.mask = torch.cat([running.mask, running.mask.new_ones((len(running.items), 1))], 1)
+        logits = model(input_ids=torch.tensor([[t] for t in running.tokens], device=device),
+                       attention_mask=running.mask, position_ids=running.next_pos[:, None],
+                       past_key_values=running.cache, use_cache=True).logits[:, -1]
+        running = advance(running, logits)
     return out
