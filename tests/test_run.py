@@ -132,9 +132,10 @@ def test_cli_refuses_busy_directory_with_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and f"genft: error: {out} is in use by another genft run (pid" in err
 
 
-def _start(cfg: Path, out: Path, sleep: float) -> subprocess.Popen:
+def _start(cfg: Path, out: Path, sleep: float, report: bool = False) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(HERE / "test_run_fakes.py"), str(cfg), str(out),
-                             str(sleep)], env={**os.environ, "PYTHONPATH": str(HERE)})
+                             str(sleep), *(["report"] if report else [])],
+                            env={**os.environ, "PYTHONPATH": str(HERE)})
 
 
 def _wait_for(pred, proc, timeout=60):

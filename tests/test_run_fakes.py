@@ -2,7 +2,7 @@
 optionally slow on purpose (so a test can kill a run mid-training or mid-evaluation).
 
 Run as a script, it executes a config with these fakes:
-    python tests/test_run_fakes.py CONFIG OUT [SLEEP_SECONDS]
+    python tests/test_run_fakes.py CONFIG OUT [SLEEP_SECONDS [report]]
 """
 
 from __future__ import annotations
@@ -95,8 +95,18 @@ def make_backends(sleep: float = 0.0, calls: list | None = None) -> Backends:
 
 
 if __name__ == "__main__":
+    from genft.errors import GenftError
     from genft.experiments.runner import run_experiment
 
     config, out = sys.argv[1], sys.argv[2]
     delay = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
-    run_experiment(config, out, backends=make_backends(delay), progress=False, report=False)
+    report = len(sys.argv) > 4 and sys.argv[4] == "report"
+    try:  # what genft.cli.main does with these exceptions
+        run_experiment(config, out, backends=make_backends(delay), progress=False, report=report,
+                       echo=lambda s: None)
+    except GenftError as e:
+        print(f"genft: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("genft: interrupted; finished results are saved", file=sys.stderr)
+        sys.exit(130)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ def build_report(out: str | Path) -> Path:
     title = _title(data)
     files = out / "report_files"
     files.mkdir(exist_ok=True)
+    for folder in (out, files):
+        _remove_stale_temporaries(folder)
     pngs = {}
     for s in sections:
         for i, (caption, fig) in enumerate(s.figures):
@@ -57,12 +60,45 @@ def build_report(out: str | Path) -> Path:
             fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
             plt.close(fig)
             name = f"{_slug(s.title)}-{i}.png"
-            (files / name).write_bytes(buf.getvalue())
+            write_atomic(files / name, buf.getvalue())
             pngs[(s.title, i)] = (name, base64.b64encode(buf.getvalue()).decode())
-    (out / "report.md").write_text(_markdown(title, sections, pngs), encoding="utf-8")
+    write_atomic(out / "report.md", _markdown(title, sections, pngs).encode("utf-8"))
     path = out / "report.html"
-    path.write_text(_html(title, sections, pngs), encoding="utf-8")
+    write_atomic(path, _html(title, sections, pngs).encode("utf-8"))
     return path
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files left by a writer that was killed (its process is gone)."""
+    for tmp in folder.glob(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, then rename over ``path``: a run killed
+    mid-write leaves the previous file (or none), never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _title(data: D.ReportData) -> str:
