@@ -150,3 +150,23 @@ def test_a_store_from_before_cell_provenance_gains_the_column_and_keeps_its_cell
     assert cells["old"]["metrics"] == {"rouge_l": 0.5} and cells["old"]["provenance"] == {}
     assert cells["new"]["provenance"]["info"]["versions"] == {"genft": "0"}
     assert cells["new"]["provenance"]["data_hash"] == "abc"
+
+
+def test_full_disk_while_writing_the_report_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import genft.report.build as build
+    from genft.experiments.runner import run_experiment
+    from test_run import TINY, table, write_config
+    from test_run_fakes import make_backends
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(build, "write_atomic", full)
+    out = tmp_path / "out"
+    with pytest.raises(GenftError, match=r": disk full while writing the report \(.*report_files.*"
+                                         r"\); every finished cell is stored intact"):
+        run_experiment(write_config(tmp_path, TINY), out, backends=make_backends(), progress=False,
+                       echo=lambda s: None)
+    assert len(table(out)) == 11 and not (out / "report.html").exists()
