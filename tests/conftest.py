@@ -59,3 +59,29 @@ def hub_mirror():
         for task in reg.all():
             task.sizes()
     return reg
+
+
+def make_tiny_model(path):
+    """A random 2-layer Llama with SmolLM2's tokenizer. initializer_range 0.2 (not 0.02) gives
+    it peaked enough logits that even a soft prompt alone can move the loss."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from genft.models import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=True, initializer_range=0.2,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """Path of a tiny random Llama saved once per session (fast stand-in for training tests)."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

@@ -16,7 +16,6 @@ import pytest
 import torch
 from test_errors_tasks import error_line, make_task
 from test_train_cli import TINY_ARGS
-from test_train_methods import tiny_model  # noqa: F401  (fixture)
 
 from genft.errors import GenftError
 from genft.evaluation import evaluate_cell

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 
-from test_train_methods import tiny_model  # noqa: F401  (fixture)
 
 from genft.cli import main
 from genft.models import load_model

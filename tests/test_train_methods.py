@@ -22,30 +22,6 @@ TINY = dict(tasks=["tweet_sentiment"], train_size=8, batch_size=4, max_length=96
             lr=1e-2, stage1_lr=0.1)
 
 
-def make_tiny_model(path):
-    """A random 2-layer Llama with SmolLM2's tokenizer. initializer_range 0.2 (not 0.02) gives
-    it peaked enough logits that even a soft prompt alone can move the loss."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from genft.models import load_tokenizer
-
-    tok = load_tokenizer("smollm2-135m")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         tie_word_embeddings=True, initializer_range=0.2,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
-
-
 @pytest.fixture(scope="session")
 def tiny_base(tiny_model):
     return load_model(tiny_model)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_methods import TINY, run, tiny_model  # noqa: F401  (fixture)
+from test_train_methods import TINY, run
 
 from genft.models import load_model
 from genft.training import TrainConfig, train

@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genft.errors import GenftError
 from genft.models import DEFAULT_MODEL
 from genft.tasks.demos import SAMPLERS
 from genft.tasks.schema import FORMATS
+from genft.yaml_files import load_yaml_model
 
 METHODS = ("ft", "fticl", "lora", "prompt-tuning", "promot", "multitask", "joint")
 Method = Literal["ft", "fticl", "lora", "prompt-tuning", "promot", "multitask", "joint"]
@@ -166,22 +166,7 @@ class ExperimentConfig(_Strict):
 
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate a config file; every problem is one GenftError line."""
-    from genft.tasks.task import _read_text, validation_message
-
-    path = Path(path)
-    text = _read_text(path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise GenftError(f"{where}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
-    if not isinstance(data, dict):
-        raise GenftError(f"{path}: expected a mapping of experiment settings at the top level")
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as e:
-        raise GenftError(validation_message(path, text, e, ExperimentConfig)) from None
+    return load_yaml_model(Path(path), ExperimentConfig, "experiment settings")
 
 
 def parse_config(config: str | Path | dict | ExperimentConfig) -> tuple[ExperimentConfig, Path]:

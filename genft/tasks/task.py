@@ -19,22 +19,20 @@ not stop a run, so it is dropped and counted rather than an error.
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import yaml
-from pydantic import ValidationError
 
-from genft.errors import GenftError, did_you_mean
+from genft.errors import GenftError
 from genft.tasks.prompts import check_template, kshot_prompt, render
 from genft.tasks.schema import (
     FORMATS, ROLES, ColumnRef, Condition, LabelSpec, Pick, SplitSpec, TaskSpec,
 )
 from genft.tasks.sources import fingerprint, read_source, source_files
+from genft.yaml_files import load_yaml_model
 
 
 @dataclass
@@ -118,83 +116,11 @@ class Task:
 
 def load_task_file(path: Path) -> Task:
     """Parse and validate one task YAML; every problem is a GenftError naming the file."""
-    text = _read_text(path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise GenftError(f"{where}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
-    if not isinstance(data, dict):
-        raise GenftError(f"{path}: expected a mapping of task settings at the top level")
-    try:
-        spec = TaskSpec.model_validate(data)
-    except ValidationError as e:
-        raise GenftError(validation_message(path, text, e, TaskSpec)) from None
+    spec = load_yaml_model(path, TaskSpec, "task settings")
     fields = set(spec.fields)
     for fmt in FORMATS:
         check_template(spec.template(fmt), fields, f"{path}: {fmt}")
     return Task(spec, path)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise GenftError(f"file not found: {path}") from None
-    except OSError as e:
-        raise GenftError(f"{path}: cannot read ({e.strerror or e})") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise GenftError(f"{path}:{line}: not UTF-8 text at byte {e.start} "
-                         f"({raw[e.start:e.start + 1].hex()}); save the file as UTF-8") from None
-
-
-def validation_message(path: Path, text: str, err: ValidationError, model: type) -> str:
-    """First pydantic error as one line: file:line: field: problem (did you mean …).
-
-    An unknown key comes first: a misspelled required key is also reported missing, and
-    "unknown key 'promt2' (did you mean "prompt2"?)" is the message that helps."""
-    errors = err.errors()
-    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
-    loc = [str(p) for p in e["loc"]]
-    key = loc[-1] if loc else ""
-    line = _line_of(text, key)
-    where = f"{path}:{line}" if line else str(path)
-    field_path = ".".join(loc)
-    if e["type"] == "extra_forbidden":
-        valid = _valid_keys(model, loc[:-1])
-        return f"{where}: unknown key {field_path!r}{did_you_mean(key, valid)}"
-    if e["type"] == "missing":
-        return f"{where}: missing required key {field_path!r}"
-    msg = e["msg"].removeprefix("Value error, ")
-    return f"{where}: {field_path or 'task'}: {msg}" + (f" (got {e['input']!r})" if loc else "")
-
-
-def _line_of(text: str, key: str) -> int | None:
-    if not key or key.isdigit():
-        return None
-    m = re.search(rf"^\s*-?\s*{re.escape(key)}\s*:", text, re.M)
-    return text.count("\n", 0, m.start()) + 1 if m else None
-
-
-def _valid_keys(model: type, loc: list[str]) -> list[str]:
-    """The field names valid at a nested location of a pydantic model."""
-    for part in loc:
-        if part.isdigit():
-            continue
-        info = model.model_fields.get(part)
-        if info is None:
-            return []
-        ann = info.annotation
-        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type)]
-        model = next((a for a in [ann, *args] if isinstance(a, type) and hasattr(a, "model_fields")),
-                     None)
-        if model is None:
-            return []
-    return list(model.model_fields)
 
 
 # ---------------------------------------------------------------- records
