@@ -155,8 +155,8 @@ class _Running:
         self.items = [self.items[b] for b in keep]
         self.tokens = [self.tokens[b] for b in keep]
         self.mask, self.next_pos = self.mask[index], self.next_pos[index]
-        used = self.mask.any(0)
-        if trim and not bool(used.all()):
+        used = self.mask.any(0) if trim else None
+        if used is not None and not bool(used.all()):
             columns = used.nonzero().squeeze(-1)
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, columns], layer.values[:, :, columns]
