@@ -8,7 +8,9 @@ non-zero; anything else escaping is a genft bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 
 class GenftError(Exception):
@@ -35,3 +37,16 @@ def check_writable_dir(path, option: str = "--out") -> None:
         probe.unlink()
     except OSError as e:
         raise GenftError(f"{option} {folder}: cannot write here ({e.strerror or e})") from None
+
+
+@contextmanager
+def disk_full_is_one_line(out, what: str, kept: str = "every finished cell is stored intact"):
+    """A full disk or exhausted quota while writing under ``out`` becomes one line saying what
+    was being written and that finished results are intact (other OS errors pass through)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise GenftError(f"{out}: disk full while {what} ({e.filename or e.strerror}); {kept} "
+                         f"— free space and run the same command again") from None

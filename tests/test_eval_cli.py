@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from genft.cli import main
+from genft.errors import GenftError
 from genft.evaluation import grid
 from genft.evaluation.grid import evaluate_grid, plan_cells
 
@@ -61,6 +62,34 @@ def test_interrupt_keeps_finished_cells(smol, tasks, tmp_path, monkeypatch):
     assert len(lines) == 1 and json.loads(lines[0])["shots"] == 0
     assert [p.name for p in (tmp_path / "items").iterdir()] == [
         "tweet_sentiment.0shot.prompt1.first.loglik.jsonl"]
+
+
+def test_full_disk_while_saving_a_cell_is_one_line_and_keeps_finished_cells(
+        smol, tasks, tmp_path, monkeypatch):
+    """errors.md row 27: the disk fills up half-way through the second cell's record line."""
+    import errno
+
+    cells = plan_cells([tasks.get("tweet_sentiment")], [0, 1], ["prompt1"])
+    real_write, writes = os.write, []
+
+    def filling_disk(fd, data):
+        writes.append(data)
+        if b'"shots": 1' in data:  # the second record: half of it lands, then the disk is full
+            real_write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(grid.os, "write", filling_disk)
+    with pytest.raises(GenftError, match=r"disk full while saving cell tweet_sentiment 1-shot "
+                                         r"prompt1 .*every cell already in results.jsonl is intact"):
+        evaluate_grid(smol, cells, tmp_path, limit=2, progress=False, log=lambda s: None)
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["shots"] == 0  # no half record left behind
+    monkeypatch.setattr(grid.os, "write", real_write)
+    again = evaluate_grid(smol, cells, tmp_path, limit=2, progress=False, log=lambda s: None)
+    assert [r.shots for r in again] == [1]
+    assert [json.loads(x)["shots"] for x in (tmp_path / "results.jsonl").read_text().splitlines()] \
+        == [0, 1]
 
 
 def test_cli_eval_end_to_end(tmp_path, capsys):

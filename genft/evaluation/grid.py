@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from genft.errors import GenftError, check_writable_dir
+from genft.errors import GenftError, check_writable_dir, disk_full_is_one_line
 from genft.evaluation.cell import CellResult, rank_world, evaluate_cell
 from genft.tasks.labels import check_label_words
 
@@ -93,7 +93,10 @@ def evaluate_grid(loaded, cells: list[Cell], out_dir: str | Path, *, sampler: st
                                    limit=limit, batch_size=batch_size, seed=seed, scoring=scoring,
                                    progress=progress, fast_path=fast_path)
             if main:
-                save_cell(result, out)
+                with disk_full_is_one_line(out, f"saving cell {result.task} {result.shots}-shot "
+                                                f"{result.format}",
+                                           kept=f"every cell already in {RESULTS_FILE} is intact"):
+                    save_cell(result, out)
                 log(summary_line(result))
             results.append(result)
         if bar:
@@ -122,10 +125,24 @@ def save_cell(result: CellResult, out: Path) -> None:
                                 **item}, ensure_ascii=False) + "\n")
     os.replace(tmp, items_dir / name)
     record = {**result.to_record(), "items_file": f"{ITEMS_DIR}/{name}"}
-    with open(out / RESULTS_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    _append_line(out / RESULTS_FILE, json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append one whole line or nothing: a failed write (a full disk) is cut back off, so the
+    results file never ends in half a record. Unbuffered, so nothing is left to flush later."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    start = os.fstat(fd).st_size
+    try:
+        data = line.encode("utf-8")
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    except OSError:
+        os.ftruncate(fd, start)
+        raise
+    finally:
+        os.close(fd)
 
 
 def _finished_keys(path: Path) -> set[tuple]:

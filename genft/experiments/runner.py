@@ -9,14 +9,12 @@ progress; running the same command again skips every key already stored.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import platform
 import sys
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,7 +22,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from genft import __version__
-from genft.errors import GenftError, check_writable_dir
+from genft.errors import GenftError, check_writable_dir, disk_full_is_one_line
 from genft.experiments.config import ExperimentConfig, parse_config
 from genft.experiments.plan import (Cell, ModelRef, Plan, TrainJob, build_plan, describe,
                                     stable_hash)
@@ -82,31 +80,17 @@ def run_experiment(config, out: str | Path | None = None, *, dry_run: bool = Fal
         echo(describe(plan, done))
         return RunOutcome(out, plan)
     check_writable_dir(out)  # an unwritable --out: one line, before anything is trained
-    with OutputLock(out), _disk_full(out, "training and evaluating"):
+    with OutputLock(out), disk_full_is_one_line(out, "training and evaluating"):
         runner = _Runner(plan, out, backends or Backends(), progress, echo)
         runner.execute()
         outcome = RunOutcome(out, plan, runner.computed, runner.trained)
     if report:
         from genft.report import build_report
 
-        with _disk_full(out, "writing the report"):
+        with disk_full_is_one_line(out, "writing the report"):
             outcome.report = build_report(out)
         echo(f"report: {outcome.report}")
     return outcome
-
-
-@contextmanager
-def _disk_full(out: Path, what: str):
-    """A full disk (checkpoints, logs, the report) becomes one line; the store's own writes
-    say so themselves (Store.writing)."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise GenftError(f"{out}: disk full while {what} ({e.filename or e.strerror}); every "
-                         f"finished cell is stored intact — free space and run the same command "
-                         f"again") from None
 
 
 class _Runner:
