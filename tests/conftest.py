@@ -85,3 +85,15 @@ def make_tiny_model(path):
 def tiny_model(tmp_path_factory):
     """Path of a tiny random Llama saved once per session (fast stand-in for training tests)."""
     return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: exactness, not speed, is what they check, and one
+    thread is several times faster than two on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

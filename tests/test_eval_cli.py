@@ -11,7 +11,6 @@ import sys
 
 import pandas as pd
 import pytest
-import torch
 
 from genft.cli import main
 from genft.errors import GenftError
@@ -19,12 +18,7 @@ from genft.evaluation import grid
 from genft.evaluation.grid import evaluate_grid, plan_cells
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_grid_writes_records_and_items_and_resumes(smol, tasks, tmp_path):

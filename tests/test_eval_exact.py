@@ -16,13 +16,7 @@ from genft.tasks.task import load_task_file
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Exactness, not speed: one thread is several times faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_same(fast: CellResult, ref: CellResult) -> None:
