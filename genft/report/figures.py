@@ -78,12 +78,8 @@ def kshot_curves(data: D.ReportData, group: str) -> plt.Figure | None:
         ax.set_xlabel("shots")
         ax.set_xticks(sorted(t["shots"].unique()))
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("score")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
-    fig.suptitle(f"k-shot curves, trained on {group} (solid: prompt1, dashed: prompt2)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.86, 1))
-    return fig
+    return _finish_curves(fig, axes, f"k-shot curves, trained on {group} "
+                                     f"(solid: prompt1, dashed: prompt2)", legend_from=0.86)
 
 
 def size_curves(data: D.ReportData, group: str) -> plt.Figure | None:
@@ -105,11 +101,17 @@ def size_curves(data: D.ReportData, group: str) -> plt.Figure | None:
         ax.set_title(test, fontsize=9)
         ax.set_xlabel("training examples")
         ax.grid(alpha=0.3)
+    return _finish_curves(fig, axes, f"training-size curves, trained on {group}", legend_from=0.88)
+
+
+def _finish_curves(fig: plt.Figure, axes, title: str, legend_from: float) -> plt.Figure:
+    """Shared finish of a row of curve panels: one legend at the right (taken from the first
+    panel, whose lines every panel shares), a title, and the panels laid out left of the legend."""
     axes[0, 0].set_ylabel("score")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
-    fig.suptitle(f"training-size curves, trained on {group}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, legend_from, 1))
     return fig
 
 
