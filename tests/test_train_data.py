@@ -42,6 +42,24 @@ def test_fticl_inputs_hold_k_demos_from_train_pool_with_no_loss(smol, tasks):
         build_examples([task], smol.tokenizer, [pool[:3]], [3], 512, seed=0)
 
 
+def test_target_terminator_tokenizes_as_in_a_kshot_prompt(smol, tasks):
+    """The learned end of an answer is the token sequence demos carry, not the end-of-string
+    merge: trained on SmolLM2's one-token "\\n\\n" (1116), FTICL answered unfamiliar tasks
+    with nothing; inside k-shot prompts that blank line is two "\\n" tokens."""
+    tok = smol.tokenizer
+    newline, = tok("\n").input_ids
+    for task_name, k in [("tweet_sentiment", 0), ("tweet_sentiment", 2), ("bbc_headline", 1)]:
+        task = tasks.get(task_name)
+        pool = train_pool(task, 40)[:8] if k == 0 else train_pool(task, 40)
+        for ex, rec in zip(build_examples([task], tok, [pool], [k], 4096, seed=0)[:8], pool):
+            text = tok.decode(ex.input_ids)
+            assert text == ex.prompt + " " + rec["output"] + TERMINATOR
+            # as a demo followed by the next block, the same text has the same tokens
+            as_demo = tok(text + ex.prompt).input_ids
+            assert as_demo[:len(ex.input_ids)] == ex.input_ids
+            assert ex.input_ids[-2:] == [newline, newline]
+
+
 def test_default_fticl_shots_per_task(tasks):
     from genft.training.config import TrainConfig
     from genft.training.methods import stages

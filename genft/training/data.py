@@ -2,7 +2,8 @@
 
 An example is ``prompt + target_text(prompt, answer)`` (separator, answer, blank
 line: the same terminator evaluation cuts generations at, so the model learns to
-stop). The loss covers only the target tokens. With ``shots`` > 0 (FTICL,
+stop), tokenized the way that blank line tokenizes inside a k-shot prompt
+(``tokenize_as_demos``). The loss covers only the target tokens. With ``shots`` > 0 (FTICL,
 ProMoT + 1-shot) the prompt is a k-shot prompt whose demos come from the
 training pool; demo tokens are part of the prompt and so carry no loss.
 
@@ -23,6 +24,7 @@ from genft.errors import GenftError
 from genft.tasks.prompts import target_text
 
 SORT_CHUNK = 64  # batches per length-sorted chunk: little padding, still well mixed
+CONTINUATION_CHARS = 16  # enough of the next block to settle every merge across the boundary
 
 
 @dataclass
@@ -94,7 +96,8 @@ def encode(tokenizer, prompts: list[str], answers: list[str], max_length: int, t
     oldest prompt tokens: the answer is what is learned.
     """
     prompt_ids = tokenizer(prompts).input_ids
-    full_ids = tokenizer([p + target_text(p, a) for p, a in zip(prompts, answers)]).input_ids
+    full_ids = tokenize_as_demos(tokenizer, [p + target_text(p, a) for p, a in zip(prompts, answers)],
+                                 [p[:CONTINUATION_CHARS] for p in prompts])
     examples = []
     for prompt, p_ids, ids in zip(prompts, prompt_ids, full_ids):
         start = 0
@@ -106,6 +109,32 @@ def encode(tokenizer, prompts: list[str], answers: list[str], max_length: int, t
             ids, start = ids[cut:][:max_length], start - cut
         examples.append(Example(ids, start, task, prompt, n_demos))
     return examples
+
+
+def tokenize_as_demos(tokenizer, texts: list[str], continuations: list[str]) -> list[list[int]]:
+    """Token ids of each text as it tokenizes when the next block follows it, as in a k-shot prompt.
+
+    Why: at the very end of a string BPE merges the terminator "\\n\\n" into one token
+    (SmolLM2: 1116), but inside a k-shot prompt the next demo's text follows and the
+    same blank line is two "\\n" tokens (198 198). Trained on the end-of-string form,
+    an FTICL model learned 1116 as "the answer is over" and, on an unfamiliar task,
+    emitted it first: an empty answer. So the text is tokenized with the start of
+    the next block (the prompt's own opening) appended, and cut back at the text's
+    end. Where a token would straddle that end, or the tokenizer has no character
+    offsets (slow tokenizers), the text's own tokenization is kept.
+    """
+    try:
+        joined = tokenizer([t + c for t, c in zip(texts, continuations)],
+                           return_offsets_mapping=True)
+    except NotImplementedError:
+        return tokenizer(texts).input_ids
+    ids_out = []
+    for text, ids, offsets in zip(texts, joined.input_ids, joined.offset_mapping):
+        n = 0
+        while n < len(ids) and offsets[n][1] <= len(text):
+            n += 1
+        ids_out.append(ids[:n] if n and offsets[n - 1][1] == len(text) else tokenizer(text).input_ids)
+    return ids_out
 
 
 def build_examples(tasks, tokenizer, records_per_task: list[list[dict]], shots: list[int],
