@@ -82,12 +82,24 @@ def test_fticl_loss_falls(tmp_path, tiny_model):
 
 
 def test_lora_trains_only_adapters(tmp_path, tiny_model, tiny_base):
-    final, log = run(tmp_path, tiny_model, method="lora", lr=5e-2)
+    final, log = run(tmp_path, tiny_model, method="lora", lr=5e-2, steps=8)
     assert_loss_falls(log)
     assert (final / "adapter" / "adapter_model.safetensors").is_file()
     stats = param_change(tiny_base.model, final)  # merged: only the targeted projections moved
     moved = {k for k, s in stats["by_module"].items() if s["mean_abs_change"] > 0}
     assert moved == {"q_proj", "v_proj"}
+
+
+def test_lora_run_is_reproducible_from_its_seed(tmp_path, tiny_model):
+    """The adapters start from random matrices: the same seed must give the same trained weights."""
+    from genft.training.checkpoint import read_weights
+
+    a, _ = run(tmp_path, tiny_model, name="a", method="lora", steps=2)
+    b, _ = run(tmp_path, tiny_model, name="b", method="lora", steps=2)
+    c, _ = run(tmp_path, tiny_model, name="c", method="lora", steps=2, seed=1)
+    wa, wb, wc = read_weights(a), read_weights(b), read_weights(c)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
 def test_prompt_tuning_keeps_model_bitwise(tmp_path, tiny_model, tiny_base):

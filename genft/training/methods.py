@@ -94,7 +94,10 @@ def make_prompts(cfg, tasks, model, model_path: str) -> nn.ModuleList:
 
 
 def add_lora(cfg, model):
-    """Wrap the model with fresh LoRA adapters; absent target modules are a user error."""
+    """Wrap the model with fresh LoRA adapters; absent target modules are a user error.
+
+    The adapters' random init is seeded from ``cfg.seed``: the same seed gives the same run.
+    """
     from peft import LoraConfig, get_peft_model
 
     names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -104,6 +107,7 @@ def add_lora(cfg, model):
                          f"layers are {sorted(names)}")
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                         target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
+    torch.manual_seed(cfg.seed)
     return get_peft_model(model, config)
 
 
