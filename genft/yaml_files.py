@@ -19,13 +19,12 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from genft.errors import GenftError, did_you_mean
+from genft.errors import ECHO_LIMIT, GenftError, did_you_mean, short
 
 M = TypeVar("M", bound=BaseModel)
 
 
 ALIAS_BUDGET = 10_000  # values aliases may add to a document; a real config needs a handful
-ECHO_LIMIT = 80  # characters of a user's value echoed back in an error message
 
 
 class _Loader(yaml.SafeLoader):
@@ -151,21 +150,6 @@ def validation_message(path: Path, text: str, err: ValidationError, model: type)
     msg = short(e["msg"].removeprefix("Value error, "), 4 * ECHO_LIMIT, plain=True)
     field_name = short(field_path, plain=True) if field_path else "task"
     return f"{where}: {field_name}: {msg}" + (f" (got {short(e['input'])})" if loc else "")
-
-
-def short(value, limit: int = ECHO_LIMIT, plain: bool = False) -> str:
-    """``repr(value)`` (or ``str`` when ``plain``) cut to ``limit`` characters: an error line
-    echoes what the user wrote, never megabytes of it. The repr of a huge nested value is
-    never built whole (reprlib stops early)."""
-    import reprlib
-
-    if plain:
-        text = str(value)
-    else:
-        r = reprlib.Repr()
-        r.maxlevel, r.maxstring, r.maxother, r.maxlist, r.maxdict = 3, limit, limit, 8, 8
-        text = r.repr(value)
-    return text if len(text) <= limit else f"{text[:limit - 1]}…"
 
 
 def _line_of(text: str, key: str) -> int | None:
