@@ -1,11 +1,29 @@
 """docs/errors.md is a contract: every row of its matrix names a test that exists, or says
-which area owns it. A renamed or deleted test, or a new row without one, fails here."""
+which area owns it. A renamed or deleted test, or a new row without one, fails here.
+
+Below the contract: the rows with no other home (hostile YAML, damaged stores, checkpoint
+write errors), one test each, fast (fake backends, the tiny model)."""
 
 from __future__ import annotations
 
 import ast
+import errno
+import os
 import re
+import sqlite3
+import time
 from pathlib import Path
+
+import pytest
+import torch
+
+from genft.cli import main
+from genft.errors import GenftError
+from genft.experiments.config import load_config
+from genft.experiments.runner import run_experiment
+from genft.tasks.task import load_task_file
+from test_run import LOCAL_TASK, TINY, write_config
+from test_run_fakes import make_backends
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "errors.md"
@@ -43,25 +61,8 @@ def test_rows_without_a_test_are_listed_as_work_for_their_owner():
             assert f"Row {number}" in todo, f"row {number} is open but not in 'Still to do'"
 
 
-# ---------------------------------------------------------------- hostile input (issue 16)
+# ---------------------------------------------------------------- hostile input
 # Each test below is a row of docs/errors.md; each failed before the fix it guards.
-
-import errno  # noqa: E402
-import os  # noqa: E402
-import sqlite3  # noqa: E402
-import time  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from genft.cli import main  # noqa: E402
-from genft.errors import GenftError  # noqa: E402
-from genft.experiments.config import load_config  # noqa: E402
-from genft.experiments.runner import run_experiment  # noqa: E402
-from genft.tasks.task import load_task_file  # noqa: E402
-from test_run import LOCAL_TASK, TINY, write_config  # noqa: E402
-from test_run_fakes import make_backends  # noqa: E402
 
 
 def alias_bomb(levels: int = 9) -> str:
@@ -230,8 +231,6 @@ def test_damaged_or_foreign_results_db_is_one_line_in_run_report_and_results(tmp
     damage_it, message = DAMAGE[damage]
     damage_it(db)
     before = db.read_bytes()
-    import re
-
     for argv in (["run", str(cfg), "--out", str(out), "--no-progress"], ["report", str(out)],
                  ["results", str(out)]):
         err = one_line_error(capsys, argv)

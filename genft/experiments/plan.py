@@ -169,11 +169,12 @@ def validate_plan(plan: Plan) -> None:
             if size > pool:
                 raise GenftError(f"{task.path}: train_sizes: {size} is more than task {name!r}'s "
                                  f"training pool ({pool} items)")
-            k = job.settings.get(demos, task.spec.fticl_shots if demos == "shots" else 0) if demos else 0
-            if k > size - 1:
+            default = task.spec.fticl_shots if demos == "shots" else 0
+            k = job.settings.get(demos, default) if demos else 0
+            if k > 0 and k > size - 1:
                 raise GenftError(f"methods.{job.label}: {k} demos per input asked for, but task "
-                                 f"{name!r}'s training pool of size {size} has only {size - 1} "
-                                 f"other items")
+                                 f"{name!r}'s training pool of size {size} has only "
+                                 f"{max(size - 1, 0)} other items")
 
 
 # ---------------------------------------------------------------- test sets
