@@ -145,6 +145,8 @@ def test_experiment_names_must_be_plain(tmp_path, name):
     """Row 36: `name: ".."` wrote into the current directory (runs/..)."""
     with pytest.raises(GenftError, match=r"exp\.yaml:\d+: name: must be a plain name"):
         load_config(write_config(tmp_path, {**TINY, "name": name}))
+    with pytest.raises(GenftError, match=r"^config: name: must be a plain name"):
+        run_experiment({**TINY, "name": name}, backends=make_backends(), echo=lambda s: None)
 
 
 def test_the_whole_plan_is_validated_before_any_work(tmp_path):

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from genft.errors import GenftError
+from genft.errors import GenftError, short
 from genft.models import DEFAULT_MODEL
 from genft.tasks.demos import SAMPLERS
 from genft.tasks.schema import FORMATS
@@ -205,7 +205,8 @@ def parse_config(config: str | Path | dict | ExperimentConfig) -> tuple[Experime
             return ExperimentConfig.model_validate(config), Path.cwd()
         except ValidationError as e:
             err = e.errors()[0]
-            raise GenftError(f"config: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            msg = short(err["msg"].removeprefix("Value error, "), 320, plain=True)
+            raise GenftError(f"config: {'.'.join(map(str, err['loc']))}: {msg}") from None
     return load_config(config), Path(config).resolve().parent
 
 
