@@ -6,7 +6,7 @@ optimizer step is normalized by the number of answer tokens in the *whole* step
 (all micro-batches on all processes), so gradient accumulation and process count
 do not change what a step computes.
 
-Output directory::
+Output directory (the checkpoints' format and layout: genft/training/checkpoint.py)::
 
     OUT/genft_train.json        the run's config (guards against mixing two runs in one folder)
     OUT/train_log.jsonl         one line per step: stage, step, loss, lr, tokens/s (pandas.read_json)
