@@ -190,7 +190,7 @@ def _bar(enabled: bool, total: int, desc: str):
 def _versions() -> dict:
     import transformers
 
-    from genft import __version__
+    from genft._version import __version__
 
     return {"genft": __version__, "transformers": transformers.__version__,
             "torch": torch.__version__}

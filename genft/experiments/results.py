@@ -52,6 +52,15 @@ def empty_answer_rate(predictions: list[str]) -> float | None:
     return sum(not (p or "").strip() for p in predictions) / len(predictions)
 
 
+def relation(test_family: str, test_domain: str | None, train_families: set) -> str:
+    """A test set's relation to a model, from the model's training tasks' families:
+    in-domain (same family, task ``domain: in``), out-of-domain (same family, ``domain: out``)
+    or cross-task (another family)."""
+    if test_family in train_families:
+        return "in-domain" if (test_domain or "in") == "in" else "out-of-domain"
+    return "cross-task"
+
+
 def normalized_score(value: float, metric: str, task: dict, mode: str = "chance") -> float:
     perfect = PERFECT.get(metric, 1.0)
     chance = 0.0
@@ -95,12 +104,7 @@ def _table(store: Store, all_cells: bool = False) -> pd.DataFrame:
         task = tasks.get(cell["task"], {"family": cell["family"], "type": cell["type"]})
         train_tasks = ck["tasks"] if ck else []
         train_families = {tasks.get(t, {}).get("family") for t in train_tasks}
-        if ck is None:
-            rel = None
-        elif cell["family"] in train_families:
-            rel = "in-domain" if task.get("domain", "in") == "in" else "out-of-domain"
-        else:
-            rel = "cross-task"
+        rel = relation(cell["family"], task.get("domain"), train_families) if ck else None
         base = {
             "cell_key": cell["key"], "model_key": cell["model_key"], "model": cell["model_label"],
             "method": ck["method"] if ck else "base", "train_tasks": "+".join(train_tasks) or None,

@@ -21,12 +21,13 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from genft import __version__
+from genft._version import __version__
 from genft.errors import GenftError, check_writable_dir, disk_full_is_one_line
 from genft.experiments.config import ExperimentConfig, parse_config
 from genft.experiments.plan import (Cell, ModelRef, Plan, TrainJob, build_plan, describe,
                                     stable_hash, validate_plan)
 from genft.experiments.store import DB_FILE, OutputLock, Store
+from genft.training.checkpoint import step_dir
 
 LOG_FILE = "genft.log"
 
@@ -196,7 +197,7 @@ class _Runner:
         return sorted(models.values(), key=lambda m: m.step)
 
     def _intermediate_path(self, job: TrainJob, step: int) -> Path | None:
-        path = job.out_dir(self.out) / "checkpoints" / f"step-{step:06d}"
+        path = step_dir(job.out_dir(self.out), step)
         return path if path.is_dir() else None
 
     def _register_intermediate(self, job: TrainJob, model: ModelRef, path: Path) -> None:

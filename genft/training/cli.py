@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from genft.training.config import METHODS, TrainConfig
+from genft.training.config import TrainConfig
+from genft.training.method_registry import method_names
 
 # CLI flag -> TrainConfig field, for the options that map one to one.
 _PASSTHROUGH = ["model", "method", "train_size", "epochs", "steps", "lr", "lr_schedule",
@@ -28,7 +29,7 @@ def register(sub) -> None:
                    help="task name(s), comma-separated (family:NAME selects a family)")
     p.add_argument("--include", action="append", default=[], metavar="DIR",
                    help="also load task YAMLs from DIR (repeatable)")
-    p.add_argument("--method", default="ft", metavar="|".join(METHODS),
+    p.add_argument("--method", default="ft", metavar="|".join(method_names()),
                    help="training method (see docs/training.md)")
     p.add_argument("--out", required=True, help="output directory (new, or this run's for --resume)")
     p.add_argument("--resume", action="store_true", help="continue this run from its last checkpoint")
