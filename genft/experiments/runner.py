@@ -259,7 +259,7 @@ def task_info(plan: Plan) -> dict:
     for name in sorted(names):
         t = plan.registry.get(name)
         info[name] = {"family": t.family, "type": t.type, "domain": t.spec.domain,
-                      "labels": t.labels, "metrics": list(t.spec.metrics)}
+                      "labels": t.labels, "metrics": list(t.spec.metrics), "chance": t.chance}
     return info
 
 

@@ -105,6 +105,17 @@ class Task:
         h.update(fingerprint(self.spec.source, self.path.parent).encode())
         return h.hexdigest()[:16]
 
+    @property
+    def chance(self) -> float:
+        """The primary metric's chance level: the YAML's ``chance``, else 1 / the number of
+        gold classes that occur in the test split (RTE mapped to 3-way NLI has 3 label words
+        but 2 gold classes: chance 1/2, not 1/3), 0 for generation."""
+        if self.spec.chance is not None:
+            return self.spec.chance
+        if self.type != "classification":
+            return 0.0
+        return 1 / len({r["output"] for r in self.records("test")})
+
     def sizes(self) -> dict[str, int]:
         return {role: len(self._records_or_build().get(role, [])) for role in ROLES
                 if getattr(self.spec.splits, role) is not None}

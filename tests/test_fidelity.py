@@ -1,0 +1,156 @@
+"""Research fidelity (issue 12): accepted answers, chance level, label-answer rates,
+standard errors and paired comparisons."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genft import stats
+from genft.evaluation import metrics
+from genft.experiments.results import (chance_level, first_word, label_answer_rate,
+                                       normalized_score, paired_comparison)
+
+
+# ------------------------------------------------------------------ 1. accepted answers
+
+def test_every_generation_metric_scores_the_best_accepted_answer():
+    names = ["exact_match", "token_f1", "rouge_l"]
+    alone = metrics.compute(names, ["United States"], ["USA"])
+    best = metrics.compute(names, ["United States"], ["USA"], references=[["USA", "United States"]])
+    assert alone == {"exact_match": 0.0, "token_f1": 0.0, "rouge_l": 0.0}
+    assert best == {"exact_match": 1.0, "token_f1": 1.0, "rouge_l": 1.0}
+    hyp = ["the president of the united states met the press today"]
+    one = metrics.compute(["bleu"], hyp, ["a man spoke"])["bleu"]
+    multi = metrics.compute(["bleu"], hyp, ["a man spoke"], references=[[hyp[0]]])["bleu"]
+    assert one < 0.1 and multi == pytest.approx(1.0)
+    # items without references (None) score against their gold text only
+    mixed = metrics.compute(["exact_match"], ["x", "United States"], ["x", "USA"],
+                            references=[None, ["United States"]])
+    assert mixed["exact_match"] == 1.0
+
+
+def test_references_reach_the_evaluation_items(mirror_env):
+    from genft.evaluation.encoding import build_inputs
+    from genft.models import load_tokenizer
+    from genft.tasks import registry
+
+    task = registry().get("triviaqa")
+    records = task.records("test")[:3]
+    assert all(len(r["references"]) >= 1 for r in records)
+    inputs = build_inputs(task, load_tokenizer("smollm2-135m"), 0, "prompt1", limit=3)
+    assert [it.references for it in inputs.items] == [r["references"] for r in records]
+
+
+# ------------------------------------------------------------------ 4. chance level
+
+def test_chance_is_one_over_the_gold_classes_present(mirror_env):
+    from genft.tasks import registry
+
+    rte = registry().get("rte")
+    assert len(rte.labels) == 3
+    assert {r["output"] for r in rte.records("test")} == {"entailment", "neutral"}
+    assert rte.chance == 0.5
+    task = {"type": "classification", "labels": rte.labels, "chance": rte.chance}
+    assert normalized_score(0.5, "accuracy", task) == 0
+    assert registry().get("triviaqa").chance == 0.0
+
+
+def test_task_yaml_chance_override(tmp_path):
+    from genft.tasks.task import load_task_file
+
+    src = Path(__file__).parent.parent / "genft" / "tasks" / "builtin" / "bbc_topic.yaml"
+    text = src.read_text().replace("metrics: [accuracy, f1]", "metrics: [accuracy, f1]\nchance: 0.25")
+    path = tmp_path / "bbc_topic.yaml"
+    path.write_text(text)
+    assert load_task_file(path).chance == 0.25
+    assert chance_level("accuracy", {"type": "classification", "labels": list("abcde"),
+                                     "chance": 0.25}) == 0.25
+    # an old store's task description (no chance recorded): 1 / label words, as before
+    assert chance_level("accuracy", {"type": "classification", "labels": list("abcde")}) == 0.2
+
+
+# ------------------------------------------------------------------ 6. label-answer rate
+
+def test_loose_label_answer_rate_reads_the_first_word():
+    words = ["negative", "positive"]
+    preds = ["Negative sentiment", "negative\n### Input: more", "POSITIVE!", "a headline",
+             "", "\n\nnegative"]
+    assert label_answer_rate(preds, words) == pytest.approx(3 / 6)
+    assert label_answer_rate(preds, words, strict=True) == pytest.approx(2 / 6)  # POSITIVE!, \n\nnegative
+    assert label_answer_rate(["Positive.", " negative"], words, strict=True) == 1.0
+    assert first_word("Negative, sentiment") == "negative"
+
+
+# ------------------------------------------------------------------ 7. uncertainty
+
+def test_standard_errors_binomial_and_seeded_bootstrap():
+    assert stats.binomial_se(0.5, 100) == pytest.approx(0.05)
+    assert math.isnan(stats.binomial_se(0.5, 0))
+    values = np.random.default_rng(1).random(200)
+    a = stats.bootstrap_se(values, seed=3)
+    assert a == stats.bootstrap_se(values, seed=3)  # reproducible
+    assert a == pytest.approx(values.std(ddof=1) / math.sqrt(200), rel=0.15)
+    errors = metrics.standard_errors(["accuracy", "f1"], list("aabb"), list("abab"), ["a", "b"])
+    assert errors["accuracy"] == pytest.approx(stats.binomial_se(0.5, 4))
+    assert errors["f1"] > 0
+    gen = metrics.standard_errors(["rouge_l", "bleu", "exact_match", "token_f1"],
+                                  ["the cat sat", "a dog ran far", "x y", "blue sky"],
+                                  ["the cat sat down", "a dog", "x y", "red sky"])
+    assert set(gen) == {"rouge_l", "bleu", "exact_match", "token_f1"}
+    assert all(v > 0 for v in gen.values())
+
+
+def test_paired_bootstrap_sees_a_consistent_difference():
+    rng = np.random.default_rng(0)
+    base = rng.random(100)
+    diff, se, p = stats.paired_bootstrap(base + 0.05, base, seed=0)
+    assert diff == pytest.approx(0.05) and se < 1e-9 + 1e-6 and p <= 0.01
+    noise = rng.normal(0, 0.3, 100)
+    diff, se, p = stats.paired_bootstrap(base + noise, base, seed=0)
+    assert se > 0.01 and p > 0.01
+    assert stats.paired_bootstrap([1, 0], [0, 1], seed=5) == stats.paired_bootstrap([1, 0], [0, 1], seed=5)
+
+
+def _store_with_cells(tmp_path):
+    from genft.experiments.plan import Cell, ModelRef
+    from genft.experiments.store import Store
+
+    store = Store(tmp_path / "results.db")
+    for key, model, correct in (("ca", "m", [1, 1, 1, 0] * 10), ("cb", "base", [0, 1, 0, 0] * 10)):
+        cell = Cell(key, ModelRef(model, model), "t", "f", "classification", 0, "prompt1", "first",
+                    "loglik", None, 0)
+        items = [{"id": f"test:{i}", "prediction": "a" if c else "b", "gold": "a", "scores": None}
+                 for i, c in enumerate(correct)]
+        store.add_cell(cell, {"metrics": {"accuracy": np.mean(correct)}, "n": 40, "seconds": 1},
+                       items, None, {"info": {"se": {"accuracy": 0.07}}})
+    return store
+
+
+def test_paired_comparison_matches_items_by_id(tmp_path):
+    store = _store_with_cells(tmp_path)
+    result = paired_comparison(store, "ca", "cb", "accuracy")
+    store.close()
+    assert result["n"] == 40 and result["diff"] == pytest.approx(0.5)
+    assert 0 < result["se"] < 0.15 and result["p_value"] < 0.01
+
+
+def test_tidy_table_has_se_column_and_old_cells_read_nan(tmp_path):
+    import json
+
+    from genft.experiments.results import load_results
+
+    store = _store_with_cells(tmp_path)
+    store.db.execute("UPDATE cells SET provenance = NULL WHERE key = 'cb'")  # an old cell
+    store.start_run({}, {"tasks": {"t": {"type": "classification", "family": "f",
+                                         "labels": ["a", "b"], "metrics": ["accuracy"]}}},
+                    ["ca", "cb"])
+    store.close()
+    df = load_results(tmp_path).set_index("cell_key")
+    assert "se" in df.columns
+    assert df.loc["ca", "se"] == 0.07
+    assert math.isnan(df.loc["cb", "se"])
+    assert json  # noqa: the store keeps provenance as JSON
