@@ -154,3 +154,88 @@ def test_tidy_table_has_se_column_and_old_cells_read_nan(tmp_path):
     assert df.loc["ca", "se"] == 0.07
     assert math.isnan(df.loc["cb", "se"])
     assert json  # noqa: the store keeps provenance as JSON
+
+
+# ------------------------------------------------------------------ 3. training truncation
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from genft.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")
+
+
+def test_too_long_fticl_inputs_drop_whole_demos_oldest_first(tokenizer, tasks):
+    from genft.tasks.prompts import TERMINATOR
+    from genft.training.data import build_examples, train_pool, truncation
+
+    task = tasks.get("tweet_sentiment")
+    pool = train_pool(task, 24)
+    full = build_examples([task], tokenizer, [pool], [4], 4096, seed=1)
+    lengths = sorted(len(e.input_ids) for e in full)
+    limit = lengths[len(lengths) // 2]  # about half the 4-shot inputs are too long
+    short = build_examples([task], tokenizer, [pool], [4], limit, seed=1)
+    assert len(short) == len(pool)
+    counts = truncation(short, [pool])
+    assert counts["skipped"] == 0 and 0 < counts["shortened"] < len(pool)
+    for long, ex, rec in zip(full, short, pool):
+        assert len(ex.input_ids) <= limit and ex.asked_demos == 4
+        target = tokenizer.decode(ex.input_ids[ex.loss_start:])
+        assert target == " " + rec["output"] + TERMINATOR  # the answer is whole
+        if ex.n_demos < 4:
+            assert ex.cut == 0
+            # the newest demos are kept whole, the oldest dropped: a suffix of the 4-shot prompt
+            kept = TERMINATOR.join(long.prompt.split(TERMINATOR)[4 - ex.n_demos:])
+            assert ex.prompt == kept
+        else:
+            assert ex.prompt == long.prompt
+
+
+def test_an_answer_that_does_not_fit_is_skipped_and_counted(tokenizer, tasks):
+    from genft.training.data import build_examples, train_pool, truncation
+
+    task = tasks.get("bbc_headline")
+    pool = train_pool(task, 12)
+    examples = build_examples([task], tokenizer, [pool], [0], 14, seed=0)
+    counts = truncation(examples, [pool])
+    assert counts["skipped"] > 0 and counts["total"] == 12
+    assert counts["skipped"] + len(examples) == 12
+    for ex in examples:  # what is kept still ends in its whole answer
+        text = tokenizer.decode(ex.input_ids[ex.loss_start:])
+        assert text.endswith("\n\n") and text.strip() in {r["output"] for r in pool}
+
+
+def test_training_refuses_too_much_truncation_and_records_the_counts(tmp_path, tiny_model):
+    import json
+
+    from genft.errors import GenftError
+    from genft.models import CHECKPOINT_FILE
+    from genft.training import TrainConfig, train
+
+    settings = dict(model=tiny_model, tasks=["tweet_sentiment"], method="fticl", shots=4,
+                    train_size=8, batch_size=4, max_length=48, steps=1)
+    with pytest.raises(GenftError, match="max_truncated_share 0.1"):
+        train(TrainConfig(**settings, out=str(tmp_path / "a")), progress=False)
+    assert not (tmp_path / "a" / "genft_train.json").exists()  # refused before claiming the folder
+    final = train(TrainConfig(**settings, max_truncated_share=1.0, out=str(tmp_path / "b")),
+                  progress=False)
+    meta = json.loads((final / CHECKPOINT_FILE).read_text())
+    assert meta["truncation"]["total"] == 8 and meta["truncation"]["shortened"] > 0
+
+
+def test_store_keeps_truncation_counts_and_reads_old_checkpoints(tmp_path):
+    from types import SimpleNamespace
+
+    from genft.experiments.store import Store
+
+    store = Store(tmp_path / "results.db")
+    job = SimpleNamespace(key="j", label="fticl", method="fticl", tasks=("t",), train_size=8,
+                          seed=0, settings={})
+    counts = {"shortened": 3, "skipped": 1, "total": 8}
+    store.add_checkpoint(key="j", job=job, step=None, path=tmp_path, answer_words=[],
+                         param_change=None, seconds=1.0, run_id=None, truncation=counts)
+    store.add_checkpoint(key="old", job=job, step=None, path=tmp_path, answer_words=[],
+                         param_change=None, seconds=1.0, run_id=None)
+    assert store.checkpoint("j")["truncation"] == counts
+    assert store.checkpoint("old")["truncation"] is None
+    store.close()

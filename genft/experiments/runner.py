@@ -178,7 +178,8 @@ class _Runner:
         self.stages["parameter statistics"] += time.time() - start
         self.store.add_checkpoint(key=key, job=job, step=step, path=path,
                                   answer_words=self._answer_words(job), param_change=change,
-                                  seconds=seconds, run_id=self.run_id)
+                                  seconds=seconds, run_id=self.run_id,
+                                  truncation=_checkpoint_meta(path).get("truncation"))
 
     def _answer_words(self, job: TrainJob) -> list[str]:
         """The label words of the job's classification tasks (format specialization targets)."""
@@ -234,6 +235,18 @@ class _Runner:
                             if isinstance(v, (int, float)))
         self.log.info("cell %s: %s %s %d-shot %s n=%d %.1fs %s", cell.key, cell.model.label, cell.task,
                       cell.shots, cell.format, record["n"], record["seconds"], metrics)
+
+
+def _checkpoint_meta(path: Path) -> dict:
+    """The trainer's metadata of a checkpoint ({} when there is none to read)."""
+    import json
+
+    from genft.models import CHECKPOINT_FILE
+
+    try:
+        return json.loads((Path(path) / CHECKPOINT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _job_name(job: TrainJob) -> str:

@@ -65,6 +65,7 @@ class Store:
         self.db.executescript(SCHEMA)
         self._add_missing_column("runs", "planned", "TEXT NOT NULL DEFAULT '[]'")  # older stores
         self._add_missing_column("cells", "provenance", "TEXT")  # stores before cell provenance
+        self._add_missing_column("checkpoints", "truncation", "TEXT")  # {shortened, skipped, total}
 
     def _add_missing_column(self, table: str, column: str, decl: str) -> None:
         """Migrate a store written by an older genft in place; its rows are kept as they are."""
@@ -150,14 +151,18 @@ class Store:
         return _checkpoint_dict(row) if row else None
 
     def add_checkpoint(self, *, key: str, job, step: int | None, path: Path, answer_words: list[str],
-                       param_change: dict | None, seconds: float | None, run_id: int | None) -> None:
+                       param_change: dict | None, seconds: float | None, run_id: int | None,
+                       truncation: dict | None = None) -> None:
+        """``truncation``: the trainer's ``{shortened, skipped, total}`` example counts."""
         with self.transaction(f"checkpoint {key}") as db:
             db.execute(
-                "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO checkpoints (key, job_key, label, method, tasks, train_size, "
+                "seed, step, path, settings, answer_words, param_change, seconds, created, run_id, "
+                "truncation) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (key, job.key, job.label, job.method, json.dumps(list(job.tasks)), job.train_size,
                  job.seed, step, str(path), json.dumps(job.settings), json.dumps(answer_words),
                  json.dumps(param_change) if param_change is not None else None, seconds,
-                 time.time(), run_id))
+                 time.time(), run_id, json.dumps(truncation) if truncation is not None else None))
 
     def checkpoints(self) -> list[dict]:
         return [_checkpoint_dict(r) for r in self.db.execute("SELECT * FROM checkpoints")]
@@ -226,8 +231,8 @@ def _text(value) -> str | None:
 
 def _checkpoint_dict(row) -> dict:
     d = dict(row)
-    for k in ("tasks", "settings", "answer_words", "param_change"):
-        d[k] = json.loads(d[k]) if d[k] is not None else None
+    for k in ("tasks", "settings", "answer_words", "param_change", "truncation"):
+        d[k] = json.loads(d[k]) if d.get(k) is not None else None
     return d
 
 

@@ -10,7 +10,7 @@ from genft.training.config import METHODS, TrainConfig
 # CLI flag -> TrainConfig field, for the options that map one to one.
 _PASSTHROUGH = ["model", "method", "train_size", "epochs", "steps", "lr", "lr_schedule",
                 "warmup_steps", "weight_decay", "max_grad_norm", "batch_size", "grad_accum",
-                "max_length", "shots", "seed", "save_every", "prompt_length", "prompt_init",
+                "max_length", "max_truncated_share", "shots", "seed", "save_every", "prompt_length", "prompt_init",
                 "prompt_init_text", "stage1_steps", "stage1_lr", "stage1_eval_every", "dev_size",
                 "stage2", "promot_shots", "lora_r", "lora_alpha", "lora_dropout"]
 
@@ -45,6 +45,8 @@ def register(sub) -> None:
     g.add_argument("--batch-size", type=int, default=8, help="per device")
     g.add_argument("--grad-accum", type=int, default=1)
     g.add_argument("--max-length", type=int, default=512)
+    g.add_argument("--max-truncated-share", type=float, default=0.1,
+                   help="refuse when more than this share of examples would be shortened or skipped")
     g.add_argument("--shots", type=int, help="FTICL demos per input (default: the task's fticl_shots)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--save-every", type=int, help="intermediate checkpoint every N steps")
