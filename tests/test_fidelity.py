@@ -239,3 +239,33 @@ def test_store_keeps_truncation_counts_and_reads_old_checkpoints(tmp_path):
     assert store.checkpoint("j")["truncation"] == counts
     assert store.checkpoint("old")["truncation"] is None
     store.close()
+
+
+# ------------------------------------------------------------------ 9. per-layer parameter change
+
+def test_diff_per_layer_locates_the_change(tmp_path, tiny_model, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from genft.cli import main
+    from genft.training.diff import param_change
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.q_proj.weight.add_(0.01)
+    model.save_pretrained(tmp_path / "moved")
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path / "moved")
+    stats = param_change(tiny_model, tmp_path / "moved")
+    layers = stats["by_layer"]
+    assert sorted(layers) == ["0", "1"]
+    assert layers["1"]["q_proj"]["mean_abs_change"] == pytest.approx(0.01, rel=1e-3)
+    assert layers["0"]["q_proj"]["mean_abs_change"] == 0
+    assert all(s["mean_abs_change"] == 0 for m, s in layers["1"].items() if m != "q_proj")
+    # the per-module row pools the layers: half of q_proj's parameters moved by 0.01
+    assert stats["by_module"]["q_proj"]["mean_abs_change"] == pytest.approx(0.005, rel=1e-3)
+    assert "embed_tokens" not in layers["0"]
+    assert main(["diff", tiny_model, str(tmp_path / "moved"), "--per-layer"]) == 0
+    out = capsys.readouterr().out
+    assert "mean_abs_change per layer" in out
+    row = next(line for line in out.splitlines() if line.split()[:1] == ["1"])
+    assert "1.000e-02" in row

@@ -73,6 +73,8 @@ def register(sub) -> None:
     p.add_argument("base", help="the base model")
     p.add_argument("checkpoint", help="a genft checkpoint (e.g. OUT/final)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--per-layer", action="store_true",
+                   help="also print mean |Δ| per layer × module type")
     p.set_defaults(func=cmd_diff)
 
 
@@ -96,8 +98,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from genft.training.diff import format_table, param_change
+    from genft.training.diff import format_layer_table, format_table, param_change
 
     stats = param_change(args.base, args.checkpoint)
-    print(json.dumps(stats, indent=2) if args.json else format_table(stats))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(format_table(stats))
+    if args.per_layer:
+        print()
+        print(format_layer_table(stats))
     return 0
