@@ -98,15 +98,21 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
 
     items = [_item_record(inputs, i, raw[i], tokenizer, classify) for i in range(len(inputs.items))]
     names = list(dict.fromkeys(metrics.DEFAULTS[task.type] + list(task.spec.metrics)))
-    values = metrics.compute(names, [it["prediction"] for it in items],
-                             [it["gold"] for it in items], inputs.labels)
+    predictions, golds = [it["prediction"] for it in items], [it["gold"] for it in items]
+    refs = [it.references for it in inputs.items]
+    values = metrics.compute(names, predictions, golds, inputs.labels, refs)
+    errors = metrics.standard_errors(names, predictions, golds, inputs.labels, refs, seed)
+    if not classify:  # per-item scores (best match over references) for paired comparisons
+        for name, scores in metrics.item_scores(names, predictions, golds, refs).items():
+            for it, score in zip(items, scores):
+                it.setdefault("scores", {})[name] = score
     return CellResult(
         task=task.name, family=task.family, type=task.type, shots=shots, format=fmt,
         sampler=sampler, scoring=scoring if classify else "greedy", metrics=values, n=len(items),
         seconds=round(time.perf_counter() - start, 3), items=items, model=loaded.name,
         info={"seed": seed, "limit": limit, "batch_size": size, "fast_path": fast_path,
               "soft_prompt": soft is not None, "prefix_tokens": inputs.prefix_len,
-              "truncated": inputs.n_truncated,
+              "truncated": inputs.n_truncated, "se": errors,
               "data_hash": task.data_hash, "method": loaded.method,
               "base_model": loaded.base_model, **_versions()},
     )

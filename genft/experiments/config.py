@@ -39,6 +39,7 @@ class Training(_Strict):
     batch_size: int = Field(8, gt=0)
     grad_accum: int = Field(1, gt=0)
     max_length: int = Field(512, gt=0)
+    max_truncated_share: float = Field(0.1, ge=0, le=1, description="see docs/training.md")
 
     @model_validator(mode="before")
     @classmethod

@@ -182,7 +182,8 @@ class _Runner:
         self.stages["parameter statistics"] += time.time() - start
         self.store.add_checkpoint(key=key, job=job, step=step, path=path,
                                   answer_words=self._answer_words(job), param_change=change,
-                                  seconds=seconds, run_id=self.run_id)
+                                  seconds=seconds, run_id=self.run_id,
+                                  truncation=_checkpoint_meta(path).get("truncation"))
 
     def _answer_words(self, job: TrainJob) -> list[str]:
         """The label words of the job's classification tasks (format specialization targets)."""
@@ -240,6 +241,18 @@ class _Runner:
                       cell.shots, cell.format, record["n"], record["seconds"], metrics)
 
 
+def _checkpoint_meta(path: Path) -> dict:
+    """The trainer's metadata of a checkpoint ({} when there is none to read)."""
+    import json
+
+    from genft.models import CHECKPOINT_FILE
+
+    try:
+        return json.loads((Path(path) / CHECKPOINT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _job_name(job: TrainJob) -> str:
     size = "all" if job.train_size is None else job.train_size
     return f"{job.label} {'+'.join(job.tasks)} size={size} seed={job.seed}"
@@ -263,7 +276,7 @@ def task_info(plan: Plan) -> dict:
     for name in sorted(names):
         t = plan.registry.get(name)
         info[name] = {"family": t.family, "type": t.type, "domain": t.spec.domain,
-                      "labels": t.labels, "metrics": list(t.spec.metrics)}
+                      "labels": t.labels, "metrics": list(t.spec.metrics), "chance": t.chance}
     return info
 
 

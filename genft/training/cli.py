@@ -11,7 +11,7 @@ from genft.training.method_registry import method_names
 # CLI flag -> TrainConfig field, for the options that map one to one.
 _PASSTHROUGH = ["model", "method", "train_size", "epochs", "steps", "lr", "lr_schedule",
                 "warmup_steps", "weight_decay", "max_grad_norm", "batch_size", "grad_accum",
-                "max_length", "shots", "seed", "save_every", "prompt_length", "prompt_init",
+                "max_length", "max_truncated_share", "shots", "seed", "save_every", "prompt_length", "prompt_init",
                 "prompt_init_text", "stage1_steps", "stage1_lr", "stage1_eval_every", "dev_size",
                 "stage2", "promot_shots", "lora_r", "lora_alpha", "lora_dropout"]
 
@@ -46,6 +46,8 @@ def register(sub) -> None:
     g.add_argument("--batch-size", type=int, default=8, help="per device")
     g.add_argument("--grad-accum", type=int, default=1)
     g.add_argument("--max-length", type=int, default=512)
+    g.add_argument("--max-truncated-share", type=float, default=0.1,
+                   help="refuse when more than this share of examples would be shortened or skipped")
     g.add_argument("--shots", type=int, help="FTICL demos per input (default: the task's fticl_shots)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--save-every", type=int, help="intermediate checkpoint every N steps")
@@ -72,6 +74,8 @@ def register(sub) -> None:
     p.add_argument("base", help="the base model")
     p.add_argument("checkpoint", help="a genft checkpoint (e.g. OUT/final)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--per-layer", action="store_true",
+                   help="also print mean |Δ| per layer × module type")
     p.set_defaults(func=cmd_diff)
 
 
@@ -95,8 +99,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from genft.training.diff import format_table, param_change
+    from genft.training.diff import format_layer_table, format_table, param_change
 
     stats = param_change(args.base, args.checkpoint)
-    print(json.dumps(stats, indent=2) if args.json else format_table(stats))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(format_table(stats))
+    if args.per_layer:
+        print()
+        print(format_layer_table(stats))
     return 0

@@ -29,6 +29,9 @@ class TrainConfig(BaseModel):
     train_size: int | None = Field(None, gt=0, description="training items per task (default: all)")
     max_length: int = Field(512, gt=8)
     shots: int | None = Field(None, ge=0, description="FTICL demos per input (default: task's fticl_shots)")
+    max_truncated_share: float = Field(
+        0.1, ge=0, le=1, description="refuse to train when more than this share of the examples "
+                                     "would lose demos / prompt tokens or be skipped (max_length)")
 
     # schedule
     epochs: float | None = Field(None, gt=0)

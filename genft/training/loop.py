@@ -32,7 +32,7 @@ from genft.tasks import registry
 from genft.tasks.labels import check_label_words
 from genft.training import checkpoint as ckpt
 from genft.training.config import TrainConfig
-from genft.training.data import build_examples, collate, micro_batches, train_pool
+from genft.training.data import build_examples, collate, micro_batches, train_pool, truncation
 from genft.training.method_registry import Stage, optimizer_steps, stages, uses_prompts
 from genft.training.methods import PromptedLM, add_lora, make_prompts, param_groups, set_trainable
 
@@ -58,11 +58,13 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
     pools = [train_pool(t, cfg.train_size) for t in tasks]
     loaded = loaded or load_model(cfg.model)
     _check_inputs(cfg, tasks, loaded, out, accelerator)
+    plan = stages(cfg, tasks)
+    examples = _stage_examples(cfg, plan, tasks, pools, loaded.tokenizer, progress)
     finished = _claim(out, cfg, resume, accelerator)
     if finished:
         return finished
     run = _Run(cfg, accelerator, out, tasks, pools, loaded, progress)
-    plan = stages(cfg, tasks)
+    run.examples = examples
     for i, stage in enumerate(plan):
         run.run_stage(stage, last=i == len(plan) - 1, resume=resume)
     final = run.save(ckpt.final_dir(out), plan[-1], step=None)
@@ -86,6 +88,35 @@ def _check_inputs(cfg: TrainConfig, tasks, loaded: LoadedModel, out: Path, accel
     if accelerator.is_main_process:
         check_writable_dir(out)
     accelerator.wait_for_everyone()  # no process looks into `out` while the probe file is there
+
+
+def _stage_examples(cfg: TrainConfig, plan, tasks, pools, tokenizer, progress: bool) -> dict:
+    """Each stage's training examples with their truncation counts, built before the run
+    claims its folder: more than ``max_truncated_share`` of the examples shortened or
+    skipped is refused (the method would silently train on something else, e.g. FTICL
+    with fewer demos than asked)."""
+    built: dict[tuple, tuple] = {}
+    out = {}
+    for stage in plan:
+        key = tuple(stage.shots)
+        if key not in built:
+            examples = build_examples(tasks, tokenizer, pools, stage.shots, cfg.max_length, cfg.seed)
+            built[key] = examples, truncation(examples, pools)
+        examples, counts = built[key]
+        affected = counts["shortened"] + counts["skipped"]
+        if counts["total"] and affected / counts["total"] > cfg.max_truncated_share:
+            raise GenftError(
+                f"{stage.name}: {affected} of {counts['total']} training examples do not fit "
+                f"--max-length {cfg.max_length} ({counts['shortened']} would lose demos or prompt "
+                f"tokens, {counts['skipped']} would be skipped: their answer alone is too long), "
+                f"more than max_truncated_share {cfg.max_truncated_share}; raise --max-length, "
+                f"use fewer --shots, or allow a larger --max-truncated-share")
+        if affected and progress:
+            print(f"genft: {stage.name}: {counts['shortened']} of {counts['total']} training "
+                  f"examples shortened to fit --max-length {cfg.max_length}, "
+                  f"{counts['skipped']} skipped", flush=True)
+        out[stage.name] = examples, counts
+    return out
 
 
 def _claim(out: Path, cfg: TrainConfig, resume: bool, accelerator) -> Path | None:
@@ -128,6 +159,7 @@ class _Run:
         self.world = accelerator.num_processes
         self.writer = _tensorboard(out) if accelerator.is_main_process else None
         self.wrapped = None
+        self.examples: dict[str, tuple[list, dict]] = {}  # stage -> (examples, truncation counts)
 
     # ------------------------------------------------------------------ stages
 
@@ -139,8 +171,7 @@ class _Run:
         if stage.model == "lora" and not hasattr(self.lm, "peft_config"):
             self.lm = add_lora(self.cfg, self.lm)
         set_trainable(self.lm, self.prompts, stage)
-        examples = build_examples(self.tasks, self.tokenizer, self.pools, stage.shots,
-                                  self.cfg.max_length, self.cfg.seed)
+        examples = self.examples[stage.name][0]
         steps, schedule = self._schedule(stage, examples)
         module = PromptedLM(self.lm, self.prompts)
         trainable = [p for p in module.parameters() if p.requires_grad]
@@ -221,7 +252,8 @@ class _Run:
             weights = ckpt.weights_kind(stage.model)
             meta = {"base_model": self.cfg.model, "method": self.cfg.method,
                     "tasks": [t.name for t in self.tasks], "stage": stage.name, "step": step,
-                    "train_config": self.cfg.identity()}
+                    "train_config": self.cfg.identity(),
+                    "truncation": self.examples[stage.name][1]}
             ckpt.write_checkpoint(path, lm_state=lm_state, lm=self.acc.unwrap_model(self.wrapped).lm,
                                   tokenizer=self.tokenizer, prompt_tensors=prompts,
                                   weights=weights, meta=meta)
