@@ -56,10 +56,11 @@ class RayExecutor:
     in_process = False
 
     def __init__(self, address: str | None, resources):
-        self.address, self.resources = address, resources
+        self.resources = resources
+        self.ray = connect_ray(address)  # before the run takes its folder: a bad address stores nothing
 
     def run(self, units: list[Unit]) -> None:
-        ray = connect_ray(self.address)
+        ray = self.ray
         tasks = {kind: ray.remote(_run_unit).options(
             num_cpus=spec.cpus, num_gpus=spec.gpus, max_retries=self.resources.max_retries,
             name=f"genft-{kind}")
@@ -101,8 +102,6 @@ def connect_ray(address: str | None):
         import ray
     except ImportError:
         raise GenftError("--executor ray needs Ray: pip install 'genft[ray]'") from None
-    if ray.is_initialized():
-        return ray
     if address and address not in ("auto", "local"):
         host, _, port = address.removeprefix("ray://").rpartition(":")
         try:
@@ -112,6 +111,8 @@ def connect_ray(address: str | None):
             raise GenftError(f"--ray-address {address}: no Ray cluster answers there "
                              f"({getattr(e, 'strerror', None) or e}); start one with "
                              f"`ray start --head` or give the head node's HOST:PORT") from None
+    if ray.is_initialized():
+        return ray
     try:
         ray.init(address=None if address == "local" else address, include_dashboard=False,
                  log_to_driver=False)

@@ -86,7 +86,8 @@ def run_experiment(config, out: str | Path | None = None, *, dry_run: bool = Fal
         done = Store(out / DB_FILE).cell_keys() if (out / DB_FILE).is_file() else set()
         echo(describe(plan, done))
         return RunOutcome(out, plan)
-    where = make_executor(executor or cfg.executor, ray_address or cfg.ray_address, cfg.resources)
+    where = make_executor(executor or ("ray" if ray_address else cfg.executor),
+                          ray_address or cfg.ray_address, cfg.resources)
     echo = echo if distributed.is_main() else (lambda line: None)
     with _exclusive(out), disk_full_is_one_line(out, "training and evaluating"):
         runner = _Runner(plan, out, backends or Backends(), progress and distributed.is_main(),
@@ -314,7 +315,7 @@ def train_job(b: Backends, job: TrainJob, final: str | None, out_dir: str, resum
     seconds = None
     if final is None:
         start = time.time()
-        cfg = b.train_config(**job.settings, out=out_dir)
+        cfg = b.train_config(**_per_process(job.settings), out=out_dir)
         final = str(b.train(cfg, progress=progress, resume=resume))
         seconds = time.time() - start
     on_disk = distributed.main_decides(lambda: {
@@ -326,6 +327,20 @@ def train_job(b: Backends, job: TrainJob, final: str | None, out_dir: str, resum
                     for key, step, new in steps if new and step in on_disk]
     yield TrainedJob(final, seconds, change, intermediate, sorted(on_disk.items()),
                      time.time() - start)
+
+
+def _per_process(settings: dict) -> dict:
+    """The config's global batch (batch_size x grad_accum) split over the processes, so a
+    job trains the same model under torchrun as in one process (and shares its key)."""
+    world, accum = distributed.world_size(), settings.get("grad_accum", 1)
+    if world == 1:
+        return settings
+    if accum % world:
+        raise GenftError(f"training.grad_accum is {accum}, which {world} processes cannot "
+                         f"share; make it a multiple of {world} (each process accumulates "
+                         f"grad_accum / {world} micro-batches, so the global batch stays "
+                         f"batch_size x grad_accum)")
+    return {**settings, "grad_accum": accum // world}
 
 
 def _param_change(b: Backends, base_model: str, path: str) -> dict | None:
