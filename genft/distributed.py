@@ -15,6 +15,7 @@ that two processes took part.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from typing import Callable, TypeVar
@@ -123,6 +124,8 @@ def _group():
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank() % torch.cuda.device_count())
     dist.init_process_group(backend())
+    # torn down before the interpreter exits: gloo aborts a process left holding a live group
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     note("init", backend=backend())
     return dist
 

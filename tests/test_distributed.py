@@ -105,3 +105,25 @@ def test_two_process_run_equals_one_process(tmp_path, tiny_model):
                       "--no-report", "--threads", "1"], tmp_path / "again.jsonl")
     assert again.returncode == 0, again.stderr[-3000:]
     assert not [e for e in rank_events(tmp_path / "again.jsonl") if e["event"] in ("train", "eval")]
+
+
+def test_srun_variables_start_a_process_group(tmp_path):
+    """Two processes started as srun starts them (SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID,
+    no RANK): genft.distributed maps them and gathers across both (gloo)."""
+    code = ("from genft import distributed as d; "
+            "print(d.gather_objects(d.rank()), d.main_decides(lambda: 'from-0'), flush=True)")
+    port = str(free_port())
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**env, "SLURM_PROCID": str(r), "SLURM_NTASKS": "2",
+                                   "SLURM_LOCALID": str(r), "SLURM_NNODES": "1",
+                                   "MASTER_PORT": port, "OMP_NUM_THREADS": "1",
+                                   distributed.RANK_LOG_ENV: str(tmp_path / "ranks.jsonl")})
+             for r in (0, 1)]
+    outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outputs == ["[0, 1] from-0", "[0, 1] from-0"]
+    inits = [e for e in rank_events(tmp_path / "ranks.jsonl") if e["event"] == "init"]
+    assert sorted((e["rank"], e["world_size"], e["backend"]) for e in inits) == [
+        (0, 2, "gloo"), (1, 2, "gloo")]
