@@ -109,7 +109,12 @@ def _exclusive(out: Path):
     """Rank 0 proves ``out`` writable and takes OUT/.lock for the whole run; its refusal
     (one line) reaches every rank, so all stop the same way."""
     lock = OutputLock(out)
-    distributed.main_decides(lambda: (check_writable_dir(out), lock.__enter__()) and None)
+
+    def take() -> None:
+        check_writable_dir(out)  # an unwritable --out: one line, before anything is trained
+        lock.__enter__()
+
+    distributed.main_decides(take)
     try:
         yield
     finally:
