@@ -88,8 +88,11 @@ def cmd_train(args) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    from genft import distributed
+
     final = train(config_from_args(args), progress=not args.no_progress, resume=args.resume)
-    print(final)
+    if distributed.is_main():
+        print(final)
     return 0
 
 
