@@ -1,19 +1,19 @@
 """Evaluating one cell — (task, shots, format) — on a loaded model.
 
 :func:`evaluate_cell` is the public entry point; ``fast=False`` runs the reference
-scorer instead (tests and the benchmark compare the two). Under ``accelerate
-launch`` the planned batches are dealt round-robin to the processes and the
+scorer instead (tests and the benchmark compare the two). Under a multi-process
+launch (torchrun, srun, accelerate launch; see genft.distributed) the planned batches are dealt round-robin to the processes and the
 results gathered, so every process returns the same, complete CellResult.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from genft import distributed
 from genft.errors import GenftError
 from genft.evaluation import fast, metrics, reference
 from genft.evaluation.batching import auto_batch_size
@@ -79,8 +79,9 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
 
     if fast_path:
         batches = fast.plan_batches(inputs, size, task.type, first_token)
-        rank, world = rank_world()
+        rank, world = distributed.rank(), distributed.world_size()
         mine = batches[rank::world]
+        distributed.note("eval", task=task.name, batches=len(mine), of=len(batches))
         bar = _bar(progress and rank == 0, len(inputs.items), f"{task.name} {shots}-shot {fmt}")
         on_items = (lambda n: bar.update(n * world)) if bar else (lambda n: None)
         prefix = fast.PrefixCache(model, inputs.items[0].context[: inputs.prefix_len] if inputs.items
@@ -90,7 +91,7 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
         else:
             raw = fast.generate_batches(model, tokenizer, mine, prefix, task.spec.max_new_tokens,
                                         on_items)
-        raw = _gather(raw, world)
+        raw = {i: r for part in distributed.gather_objects(raw) for i, r in part.items()}
         if bar:
             bar.close()
     else:
@@ -162,27 +163,6 @@ def _batch_size(batch_size, model, inputs: CellInputs, task, soft) -> int:
     if size < 1:
         raise GenftError(f"batch size must be a positive integer or 'auto' (got {batch_size!r})")
     return size
-
-
-def rank_world() -> tuple[int, int]:
-    """This process's rank and the process count (1 unless started by accelerate/torchrun)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    from accelerate import PartialState
-
-    state = PartialState()
-    return state.process_index, state.num_processes
-
-
-def _gather(raw: dict, world: int) -> dict:
-    if world == 1:
-        return raw
-    from accelerate.utils import gather_object
-
-    merged = {}
-    for part in gather_object([raw]):
-        merged.update(part)
-    return merged
 
 
 def _bar(enabled: bool, total: int, desc: str):

@@ -140,6 +140,25 @@ class Checkpoints(_Strict):
         return shots
 
 
+class TaskResources(_Strict):
+    """What one Ray task asks for (fractions share a device: ``gpus: 0.5``)."""
+
+    cpus: float = Field(1, ge=0)
+    gpus: float = Field(0, ge=0)
+
+
+class Resources(_Strict):
+    """``executor: ray``: per training job and per model's group of evaluation cells."""
+
+    train: TaskResources = TaskResources()
+    eval: TaskResources = TaskResources()
+    max_retries: int = Field(3, ge=0, description="times Ray reruns a task whose worker died")
+
+
+# where the work runs, not what it computes: left out of the config hash
+EXECUTION_KEYS = {"executor", "ray_address", "resources"}
+
+
 class ExperimentConfig(_Strict):
     name: str = Field("experiment", description="names the default output folder runs/<name>")
     description: str = ""
@@ -163,6 +182,10 @@ class ExperimentConfig(_Strict):
     normalize: Literal["chance", "raw"] = "chance"
     held_out: list[str] | None = Field(
         None, description="test sets of the normalized average (default: the cross-task ones)")
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = Field(None, description="executor ray: HOST:PORT, 'auto', or none "
+                                                      "for a local Ray instance")
+    resources: Resources = Resources()
 
     @field_validator("methods")
     @classmethod
@@ -246,5 +269,5 @@ def parse_config(config: str | Path | dict | ExperimentConfig) -> tuple[Experime
     return load_config(config), Path(config).resolve().parent
 
 
-__all__ = ["ExperimentConfig", "Training", "MethodSpec", "Checkpoints", "load_config",
-           "parse_config", "FORMATS"]
+__all__ = ["ExperimentConfig", "Resources", "TaskResources", "EXECUTION_KEYS", "Training",
+           "MethodSpec", "Checkpoints", "load_config", "parse_config", "FORMATS"]

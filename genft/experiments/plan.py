@@ -90,6 +90,7 @@ class Plan:
     jobs: list[TrainJob]
     tests: list[Task]
     cells: list[Cell]
+    include: tuple[str, ...] = ()  # the registry's task folders (a worker rebuilds it from them)
 
     def cells_of(self, model_key: str) -> list[Cell]:
         return [c for c in self.cells if c.model.key == model_key]
@@ -131,7 +132,7 @@ def build_plan(cfg: ExperimentConfig, config_dir: Path = Path("."), world_size: 
                 for k in ks:
                     for fmt in fmts:
                         _add(cells, cfg, model, task, k, fmt)
-    return Plan(cfg, reg, base, jobs, tests, list(cells.values()))
+    return Plan(cfg, reg, base, jobs, tests, list(cells.values()), include)
 
 
 def _add(cells: dict, cfg: ExperimentConfig, model: ModelRef, task: Task, k: int, fmt: str) -> None:

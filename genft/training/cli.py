@@ -22,7 +22,7 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Fine-tune a model on one or more tasks. Inputs use the task's prompt1 format; "
                     "the loss covers the answer (and its blank-line terminator) only. Runs "
-                    "data-parallel under `accelerate launch`. Writes OUT/final (a genft checkpoint).")
+                    "data-parallel under torchrun, srun or `accelerate launch --multi_gpu`. Writes OUT/final (a genft checkpoint).")
     p.add_argument("--model", default=TrainConfig.model_fields["model"].default,
                    help="model alias, local directory or Hub id")
     p.add_argument("--task", "--tasks", dest="tasks", required=True, metavar="T[,T2...]",
@@ -93,8 +93,11 @@ def cmd_train(args) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    from genft import distributed
+
     final = train(config_from_args(args), progress=not args.no_progress, resume=args.resume)
-    print(final)
+    if distributed.is_main():
+        print(final)
     return 0
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from genft import distributed
 from genft.errors import GenftError, check_writable_dir
 from genft.models import LoadedModel, load_model, resolve
 from genft.tasks import registry
@@ -50,7 +51,10 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
     from accelerate import Accelerator
 
     out = Path(cfg.out)
-    accelerator = Accelerator()
+    distributed.init()  # srun's variables become torchrun's before Accelerate reads them
+    # cpu=True on a CPU-only machine: without it Accelerate 1.15 ignores a torchrun launch
+    # (every process would train alone, DistributedType.NO) instead of DDP over gloo
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if resume and _sharded(accelerator):
         raise GenftError("--resume needs the whole optimizer state in one process (single "
                          "process or DDP); FSDP and DeepSpeed shard it")
@@ -179,6 +183,8 @@ class _Run:
                                       fused=_fused_ok(trainable))
         start = self._resume_point(stage, optimizer) if last and resume else 0
         self.wrapped, optimizer = self.acc.prepare(module, optimizer)
+        distributed.note("train", stage=stage.name, processes=self.acc.num_processes,
+                         wrapper=type(self.wrapped).__name__)
         keeper = _BestOnDev(self, stage) if stage.keep_best_on_dev else None
         if keeper:
             keeper.check(0)
