@@ -70,7 +70,8 @@ def gpt2_64(gpt2_64_dir):
 
 
 def _rows(long_at=(0, 3)):
-    return [{"text": LONG if i in long_at else f"text {i}", "label": ["negative", "positive"][i % 2],
+    # each long text distinct: splits are disjoint by text, so a repeat would leave its role
+    return [{"text": f"long {i} {LONG}" if i in long_at else f"text {i}", "label": ["negative", "positive"][i % 2],
              "title": f"title {i}"} for i in range(8)]
 
 

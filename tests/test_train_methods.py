@@ -103,8 +103,9 @@ def test_lora_run_is_reproducible_from_its_seed(tmp_path, tiny_model):
 
 
 def test_prompt_tuning_keeps_model_bitwise(tmp_path, tiny_model, tiny_base):
+    # 20 steps: on 10 the loss halved on the old splits but not on the text-disjoint ones
     final, log = run(tmp_path, tiny_model, method="prompt-tuning", prompt_length=8, lr=0.1,
-                     steps=10)
+                     steps=20)
     assert_loss_falls(log)
     assert same(weights(tiny_base.model), weights(load_model(str(final)).model))
     loaded = load_model(str(final))

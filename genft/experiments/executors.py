@@ -37,6 +37,11 @@ class Unit:
     args: tuple
     on_result: Callable[[object], list["Unit"]]  # on the driver: store one result, return what it unlocks
     label: str = ""
+    on_start: Callable[[], None] | None = None  # on the driver, as the unit starts (or is submitted)
+
+    def started(self) -> None:
+        if self.on_start is not None:
+            self.on_start()
 
 
 class LocalExecutor:
@@ -46,6 +51,7 @@ class LocalExecutor:
         queue = deque(units)
         while queue:
             unit = queue.popleft()
+            unit.started()
             unlocked = []
             for result in unit.work(*unit.args):
                 unlocked += unit.on_result(result)
@@ -68,6 +74,7 @@ class RayExecutor:
         running: dict = {}
 
         def submit(unit: Unit) -> None:
+            unit.started()
             running[tasks[unit.kind].remote(unit.work, *unit.args)] = unit
 
         for unit in units:

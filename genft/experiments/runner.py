@@ -203,17 +203,20 @@ class _Runner:
             return self._eval_units(ModelRef(job.key, job.label, job), final, done)
         out_dir = job.out_dir(self.out)
         resume = out_dir.exists()
-        if final is None:
-            self.log.info("training %s on %s (size %s, seed %d)%s -> %s", job.label,
-                          "+".join(job.tasks), job.train_size, job.seed,
-                          " [resuming]" if resume else "", out_dir)
+
+        def announce() -> None:  # when it starts, not when it is planned
+            if final is None:
+                self.log.info("training %s on %s (size %s, seed %d)%s -> %s", job.label,
+                              "+".join(job.tasks), job.train_size, job.seed,
+                              " [resuming]" if resume else "", out_dir)
+
         registered = distributed.main_decides(
             lambda: {m.key for m in steps if self.store.checkpoint(m.key) is not None})
         args = (self.b, job, final, str(out_dir), resume, self.plan.config.model,
                 [(m.key, m.step, m.key not in registered) for m in steps],
                 self.progress and self.executor.in_process)
         return [Unit("train", train_job, args, lambda r: self._trained(job, r, done),
-                     label=_job_name(job))]
+                     label=_job_name(job), on_start=announce)]
 
     def _trained(self, job: TrainJob, result: TrainedJob, done: set[str]) -> list[Unit]:
         """Record a job's checkpoints (final, then intermediate); return its evaluations."""
