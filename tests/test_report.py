@@ -10,7 +10,7 @@ import yaml
 from genft.cli import main
 from genft.experiments.results import (export_results, label_answer_rate, load_results,
                                       normalized_score)
-from genft.experiments.runner import run_experiment
+from genft.api import run
 from test_run_fakes import make_backends
 
 CONFIG = {
@@ -27,8 +27,7 @@ CONFIG = {
 def out(tmp_path_factory):
     d = tmp_path_factory.mktemp("report")
     (d / "c.yaml").write_text(yaml.safe_dump(CONFIG))
-    run_experiment(d / "c.yaml", d / "out", backends=make_backends(), progress=False,
-                   echo=lambda s: None)
+    run(d / "c.yaml", d / "out", backends=make_backends(), progress=False, echo=lambda s: None)
     return d / "out"
 
 
