@@ -80,7 +80,7 @@ def collect(out) -> ReportData:
     for r in runs:
         tasks.update(r["meta"].get("tasks", {}))
     normalize = runs[-1]["config"].get("normalize", "chance") if runs else "chance"
-    prim = table[table["primary"]].copy()
+    prim = table[table["primary"].astype(bool)].copy()  # (an empty column is not boolean)
     # rank sizes so that "all" (None) counts as the largest
     prim["size_rank"] = prim["train_size"].astype("Float64").fillna(float("inf"))
     trained = prim[prim["model"] != "base"].assign(group=lambda d: d["train_tasks"])
@@ -495,6 +495,7 @@ def per_layer(data: ReportData) -> pd.DataFrame:
         for layer, stats in layers.items():
             if isinstance(stats, dict):
                 rows.append({"model": c["label"], "train tasks": "+".join(c["tasks"]),
+                             "size": c["train_size"] if c["train_size"] is not None else "all",
                              "seed": c["seed"], "layer": int(layer),
                              "relative change": stats.get("relative_change"),
                              "mean |Δ|": stats.get("mean_abs_change")})

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import Normalize, TwoSlopeNorm  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -186,6 +187,7 @@ def loss_curves(logs: dict[str, pd.DataFrame]) -> plt.Figure | None:
             dev = log[log["dev_loss"].notna()]
             ax.plot(dev["step"], dev["dev_loss"], "D", ms=5, color=c, mfc="white",
                     label=f"{job} dev loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
     ax.set_ylabel("answer-token loss")
     ax.grid(alpha=0.3)
@@ -199,10 +201,12 @@ def per_layer(change: pd.DataFrame) -> plt.Figure | None:
     if change.empty:
         return None
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    for i, ((model, group, seed), d) in enumerate(change.groupby(["model", "train tasks", "seed"])):
+    keys = ["model", "train tasks", "size", "seed"]
+    for i, ((model, group, size, seed), d) in enumerate(change.groupby(keys, sort=False)):
         d = d.sort_values("layer")
-        ax.plot(d["layer"], d["relative change"], "-o", ms=3, color=color(model, i),
-                label=f"{model} ({group}, seed {seed})")
+        ax.plot(d["layer"], d["relative change"], ["-", "--", ":", "-."][i % 4], marker="o", ms=3,
+                color=color(model, i), label=f"{model} ({group}, size {size}, seed {seed})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel("relative change")
     ax.grid(alpha=0.3)
