@@ -105,7 +105,7 @@ if __name__ == "__main__":
     report = len(sys.argv) > 4 and sys.argv[4] == "report"
     try:  # what genft.cli.main does with these exceptions
         run(config, out, backends=make_backends(delay), progress=False, report=report,
-                       echo=lambda s: None)
+            echo=lambda s: None)
     except GenftError as e:
         print(f"genft: error: {e}", file=sys.stderr)
         sys.exit(2)
