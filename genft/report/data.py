@@ -350,16 +350,15 @@ def examples(data: ReportData, group: str, per_cell: int = 3) -> dict[str, pd.Da
             continue
         shots, fmt = base["shots"].iloc[0], base["format"].iloc[0]
         t = t[(t["shots"] == shots) & (t["format"] == fmt)]
-        rows = {}
-        for model in model_order(t["model"]):
-            key = t[t["model"] == model].sort_values("train_seed")["cell_key"].iloc[0]
-            for it in data.items.get(key, [])[:per_cell] if model == "base" else data.items.get(key, []):
-                if model == "base":
-                    rows[it["item_id"]] = {"item": it["item_id"], "gold": _short(it["gold"]),
-                                           "base": _short(it["prediction"])}
-                elif it["item_id"] in rows:
-                    rows[it["item_id"]][model] = _short(it["prediction"])
-        out[f"{task} ({shots}-shot, {fmt})"] = pd.DataFrame(list(rows.values()))
+        keys = {m: t[t["model"] == m].sort_values("train_seed")["cell_key"].iloc[0]
+                for m in model_order(t["model"])}
+        answers = {m: {it["item_id"]: it["prediction"] for it in data.items.get(k, [])}
+                   for m, k in keys.items()}
+        rows = [{"item": it["item_id"], "gold": _short(it["gold"]),
+                 **{m: _short(a[it["item_id"]]) if it["item_id"] in a else "–"
+                    for m, a in answers.items()}}
+                for it in data.items.get(keys["base"], [])[:per_cell]]
+        out[f"{task} ({shots}-shot, {fmt})"] = pd.DataFrame(rows)
     return out
 
 
