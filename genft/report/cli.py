@@ -14,7 +14,12 @@ def register(sub) -> None:
 
 
 def cmd_report(args) -> None:
+    from genft.errors import GenftError
     from genft.report.build import build_report
 
-    path = build_report(Path(args.dir))
+    try:
+        path = build_report(Path(args.dir))
+    except OSError as e:  # an unwritable folder, a full disk: one line naming the file
+        raise GenftError(f"{args.dir}: cannot write the report ({e.strerror or e}: "
+                         f"{e.filename})") from None
     print(path if path is not None else f"{args.dir}: no finished cells yet")
