@@ -17,15 +17,29 @@ import pandas as pd
 
 
 def run(config, out: str | Path | None = None, *, dry_run: bool = False, progress: bool = True,
-        report: bool = True, threads: int | None = None):
-    """Run (or resume) the grid of ``config`` (a YAML path, a dict or an ExperimentConfig).
+        report: bool = True, threads: int | None = None, executor: str | None = None,
+        ray_address: str | None = None, backends=None, echo=print):
+    """Run (or resume) the grid of ``config`` (a YAML path, a dict or an ExperimentConfig),
+    then write its report: the one place that composes the two layers (the runner knows
+    nothing of reports; the report reads only the store).
 
     Returns a RunOutcome: ``out``, ``plan``, ``computed`` (cells computed by this call),
-    ``trained`` (jobs trained by this call) and ``report`` (the HTML path)."""
+    ``trained`` (jobs trained by this call) and ``report`` (the HTML path). ``backends``
+    replaces the real loader/trainer/evaluator (tests use fakes)."""
+    from genft import distributed
+    from genft.errors import disk_full_is_one_line
     from genft.experiments.runner import run_experiment
+    from genft.report import build_report
 
-    return run_experiment(config, out, dry_run=dry_run, progress=progress, report=report,
-                          threads=threads)
+    outcome = run_experiment(config, out, dry_run=dry_run, progress=progress, threads=threads,
+                             executor=executor, ray_address=ray_address, backends=backends,
+                             echo=echo)
+    if report and not dry_run and distributed.is_main():  # rank 0 alone writes (torchrun/srun)
+        with disk_full_is_one_line(outcome.out, "writing the report"):
+            outcome.report = build_report(outcome.out)
+        echo(f"report: {outcome.report}" if outcome.report else "report: no finished cells yet")
+    distributed.barrier()  # no rank leaves (and tears the process group down) before the report
+    return outcome
 
 
 def train(*, out: str | Path, progress: bool = True, resume: bool = False, **settings) -> Path:

@@ -13,11 +13,12 @@ from genft._version import __version__
 from genft.errors import GenftError
 from genft.experiments import cli as experiments_cli
 from genft.evaluation import cli as evaluation_cli
+from genft.report import cli as report_cli
 from genft.tasks import cli as tasks_cli
 from genft.training import cli as training_cli
 
 # Each module exposes register(subparsers); its parsers set `func(args) -> int | None`.
-COMMAND_MODULES = [tasks_cli, experiments_cli, evaluation_cli, training_cli]
+COMMAND_MODULES = [tasks_cli, experiments_cli, report_cli, evaluation_cli, training_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

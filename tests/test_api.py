@@ -19,7 +19,7 @@ def test_api_names_are_exported_lazily():
 def test_dry_run_from_a_dict_and_results_as_a_dataframe(tmp_path, capsys):
     outcome = genft.run(CONFIG, out=tmp_path / "out", dry_run=True)
     assert len(outcome.plan.cells) == 4 and "evaluation cells: 4" in capsys.readouterr().out
-    run_experiment(CONFIG, tmp_path / "out", backends=make_backends(), progress=False, report=False,
+    run_experiment(CONFIG, tmp_path / "out", backends=make_backends(), progress=False,
                    echo=lambda s: None)
     df = genft.load_results(tmp_path / "out")
     assert df[df["primary"]]["cell_key"].nunique() == 4

@@ -79,7 +79,7 @@ def test_one_process_is_the_identity():
 def test_two_process_run_equals_one_process(tmp_path, tiny_model):
     cfg = tmp_path / "grid.yaml"
     cfg.write_text(yaml.safe_dump(tiny_grid(tiny_model)))
-    run_experiment(cfg, tmp_path / "one", progress=False, report=False, echo=lambda s: None)
+    run_experiment(cfg, tmp_path / "one", progress=False, echo=lambda s: None)
 
     log = tmp_path / "ranks.jsonl"
     proc = torchrun(["run", str(cfg), "--out", str(tmp_path / "two"), "--no-progress",

@@ -181,7 +181,7 @@ def finished_run(tmp_path):
     """A complete fake run: `genft run` on it again has nothing to compute or load."""
     cfg = write_config(tmp_path, TINY)
     out = tmp_path / "out"
-    run_experiment(cfg, out, backends=make_backends(), progress=False, report=False,
+    run_experiment(cfg, out, backends=make_backends(), progress=False,
                    echo=lambda s: None)
     return cfg, out
 

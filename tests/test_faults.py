@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from genft.experiments.results import load_results
-from genft.experiments.runner import run_experiment
+from genft.api import run as run_experiment  # run + report, as `genft run` does
 from genft.experiments.store import Store
 from test_run import TINY, _log, _start, _wait_for, item_rows, table, write_config
 from test_run_fakes import make_backends

@@ -35,7 +35,7 @@ def grid(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("raygrid")
     cfg = root / "grid.yaml"
     cfg.write_text(yaml.safe_dump({**tiny_grid(tiny_model), "checkpoints": {"every": 1}}))
-    run_experiment(cfg, root / "local", progress=False, report=False, echo=lambda s: None)
+    run_experiment(cfg, root / "local", progress=False, echo=lambda s: None)
     return cfg, root / "local"
 
 
@@ -56,12 +56,12 @@ class KillOnce:
 
 def test_ray_stores_what_the_local_executor_stores(local_ray, grid, tmp_path):
     cfg, local = grid
-    outcome = run_experiment(cfg, tmp_path / "ray", executor="ray", progress=False, report=False,
+    outcome = run_experiment(cfg, tmp_path / "ray", executor="ray", progress=False,
                              echo=lambda s: None)
     # base and ft: 2 cells each; the step-1 checkpoint: 1
     assert outcome.trained == 1 and outcome.computed == len(stored(local)) == 5
     assert_same_results(stored(local), stored(tmp_path / "ray"), tol=1e-5)
-    again = run_experiment(cfg, tmp_path / "ray", executor="ray", progress=False, report=False,
+    again = run_experiment(cfg, tmp_path / "ray", executor="ray", progress=False,
                            echo=lambda s: None)
     assert again.trained == again.computed == 0  # resumed from the driver's store: nothing to do
 
@@ -72,7 +72,7 @@ def test_killed_workers_are_retried_with_identical_results(local_ray, grid, tmp_
     backends = Backends(train=KillOnce(real.train, tmp_path / "train-killed"),
                         evaluate_cell=KillOnce(real.evaluate_cell, tmp_path / "eval-killed", at=2))
     run_experiment(cfg, tmp_path / "ray", executor="ray", backends=backends, progress=False,
-                   report=False, echo=lambda s: None)
+                   echo=lambda s: None)
     assert (tmp_path / "train-killed").is_file() and (tmp_path / "eval-killed").is_file()
     assert_same_results(stored(local), stored(tmp_path / "ray"), tol=1e-5)
 

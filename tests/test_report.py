@@ -10,7 +10,7 @@ import yaml
 from genft.cli import main
 from genft.experiments.results import (export_results, label_answer_rate, load_results,
                                       normalized_score)
-from genft.experiments.runner import run_experiment
+from genft.api import run
 from test_run_fakes import make_backends
 
 CONFIG = {
@@ -27,8 +27,7 @@ CONFIG = {
 def out(tmp_path_factory):
     d = tmp_path_factory.mktemp("report")
     (d / "c.yaml").write_text(yaml.safe_dump(CONFIG))
-    run_experiment(d / "c.yaml", d / "out", backends=make_backends(), progress=False,
-                   echo=lambda s: None)
+    run(d / "c.yaml", d / "out", backends=make_backends(), progress=False, echo=lambda s: None)
     return d / "out"
 
 
@@ -93,3 +92,152 @@ def test_genft_report_on_a_directory_without_results_is_one_line(tmp_path, capsy
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("genft: error:") and "no results.db" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- empty and partial stores
+
+
+def test_genft_report_with_zero_cells_is_one_line(tmp_path, capsys):
+    """A run that has started and stored nothing yet: one line, no traceback, no report."""
+    from genft.experiments.store import Store
+
+    Store(tmp_path / "results.db").start_run(CONFIG, {}, ["k1", "k2"])
+    assert main(["report", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == f"{tmp_path}: no finished cells yet\n"
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_genft_report_with_only_empty_cells_is_one_line(tmp_path, capsys):
+    """Cells with no items (what `limit: 0` stored) have no score: the report skips them."""
+    backends = make_backends()
+    real_eval = backends.evaluate_cell
+
+    def empty(*args, **kwargs):
+        r = real_eval(*args, **kwargs)
+        return type(r)(dict.fromkeys(r.metrics, 0.0), 0, r.seconds, [])
+
+    backends.evaluate_cell = empty
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**CONFIG, "train_sizes": [50]}))
+    outcome = run(tmp_path / "c.yaml", tmp_path / "out", backends=backends, progress=False,
+                  echo=lambda s: None)
+    assert outcome.computed > 0 and outcome.report is None
+    assert main(["report", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.strip().endswith("no finished cells yet")
+
+
+def test_report_while_the_run_is_going_is_partial(tmp_path):
+    """Built from inside a run (after the base model's cells, before any training has
+    finished): a partial report that says so, without a traceback."""
+    from genft.report import build_report
+
+    backends = make_backends()
+    real_train, seen = backends.train, {}
+
+    def train(cfg, **kwargs):
+        if not seen:
+            seen["html"] = build_report(tmp_path / "out").read_text()
+        return real_train(cfg, **kwargs)
+
+    backends.train = train
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**CONFIG, "train_sizes": [50]}))
+    run(tmp_path / "c.yaml", tmp_path / "out", backends=backends, progress=False,
+        echo=lambda s: None)
+    html = seen["html"]
+    assert "Partial report: run 1 is still going" in html
+    assert "No trained model has finished cells yet" in html and "Run metadata" in html
+    assert "Partial report" not in (tmp_path / "out" / "report.html").read_text()
+
+
+# ---------------------------------------------------------------- what the page shows
+
+
+def test_heatmaps_share_one_scale_per_metric_and_centre_differences_on_zero(out):
+    from genft.report import data as D, figures as F
+
+    (_, scores), (_, diffs) = F.heatmaps(D.collect(out))
+    for fig, signed in ((scores, False), (diffs, True)):
+        panels = [ax for ax in fig.axes if ax.images]
+        assert len(fig.axes) - len(panels) == 2  # one colour bar per metric (accuracy, rouge_l)
+        by_metric: dict[str, set] = {}
+        for ax in panels:
+            norm = ax.images[0].norm
+            by_metric.setdefault(ax.get_title().split(": ")[1], set()).add((norm.vmin, norm.vmax))
+        assert all(len(scales) == 1 for scales in by_metric.values()), by_metric
+        for (lo, hi), in by_metric.values():
+            assert (lo == -hi) if signed else lo == 0
+
+
+def test_examples_put_each_method_beside_the_base_answer(out):
+    from genft.report import data as D
+
+    ex = D.examples(D.collect(out), "tweet_sentiment")
+    heads = ex["bbc_headline (0-shot, prompt1)"]
+    assert list(heads.columns) == ["item", "gold", "base", "ft", "promot"] and len(heads) == 3
+    assert (heads["ft"] == "negative").all() and heads["base"].str.startswith("headline").all()
+    assert "bbc_topic (0-shot, prompt1)" in ex and "tweet_sentiment (0-shot, prompt1)" not in ex
+
+
+def test_training_section_has_loss_curves_and_hyperparameters(out):
+    from genft.report import data as D
+
+    data = D.collect(out)
+    logs = D.train_logs(data)
+    assert len(logs) == 4  # 2 methods × 2 sizes, each from its own train_log.jsonl
+    assert all(list(log["loss"]) == [2.0, 1.0, 2 / 3, 0.5] for log in logs.values())
+    jobs = D.jobs(data)
+    assert len(jobs) == 4 and (jobs["steps"] == 4).all() and set(jobs["size"]) == {50, 100}
+    html = (out / "report.html").read_text()
+    assert "hyperparameters per job" in html and 'alt="training loss per step"' in html
+    # the parameter-change tables are reference material: collapsed
+    pc = html.split('id="parameter-change-from-the-base-model"')[1].split("</section>")[0]
+    assert "<details>" in pc and "q_proj" in pc.split("<details>")[1]
+
+
+def test_a_train_log_outside_the_run_folder_is_not_read(out, tmp_path):
+    from genft.report import data as D
+
+    data = D.collect(out)
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "train_log.jsonl").write_text('{"step": 1, "loss": 9}\n')
+    for c in data.checkpoints:
+        c["path"] = str(tmp_path / "job" / "final")
+    assert D.train_logs(data) == {}
+
+
+def test_standard_errors_become_bars_and_a_lone_k_a_point_with_its_interval(out, monkeypatch):
+    from genft.report import data as D, figures as F
+
+    monkeypatch.setattr(D, "load_results", lambda o: load_results(o).assign(se=0.05))
+    fig = F.kshot_curves(D.collect(out), "tweet_sentiment")
+    topic = next(ax for ax in fig.axes if ax.get_title().startswith("bbc_topic"))
+    assert topic.get_xlim() == (-1, 1)  # only k = 0: centred, not squeezed against an edge
+    bars = [c for c in topic.containers if c.has_yerr]
+    assert bars and all(len(c.lines[2][0].get_segments()) == 1 for c in bars)
+    half = bars[0].lines[2][0].get_segments()[0][:, 1]
+    assert abs((half[1] - half[0]) / 2 - 1.96 * 0.05) < 1e-9
+    # no standard errors stored (the default here): no bars at all
+    monkeypatch.undo()
+    plain = F.kshot_curves(D.collect(out), "tweet_sentiment")
+    assert not any(c.has_yerr for ax in plain.axes for c in ax.containers)
+
+
+def test_the_answer_uses_the_paired_comparison_on_the_same_items(out, monkeypatch):
+    import sys
+    import types
+
+    from genft.report import data as D
+
+    calls = []
+
+    def paired_bootstrap(a, b, *, seed=0, n_boot=1000):
+        calls.append((list(a), list(b)))
+        return sum(a) / len(a) - sum(b) / len(b), 0.01, 0.04
+
+    monkeypatch.setitem(sys.modules, "genft.stats",
+                        types.SimpleNamespace(paired_bootstrap=paired_bootstrap))
+    table = D.answer(D.collect(out))
+    ft = table[table["model"] == "ft"].iloc[0]
+    assert "(paired Δ" in ft["cross-task"] and "p = 0.04" in ft["cross-task"]
+    a, b = calls[0]
+    assert len(a) == len(b) and len(a) % 8 == 0  # whole cells of 8 items, paired item by item
+    assert all(0 <= x <= 1 for x in a + b)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import genft.api
 from genft.cli import main
 from genft.errors import GenftError
 from genft.experiments.plan import build_plan
@@ -62,8 +63,8 @@ def item_rows(out: Path) -> list[tuple]:
 def test_run_computes_every_planned_cell_once_then_nothing(tmp_path):
     cfg = write_config(tmp_path, TINY)
     calls = []
-    outcome = run_experiment(cfg, tmp_path / "out", backends=make_backends(calls=calls),
-                             progress=False, echo=lambda s: None)
+    outcome = genft.api.run(cfg, tmp_path / "out", backends=make_backends(calls=calls),
+                            progress=False, echo=lambda s: None)
     plan = build_plan(ExperimentConfig.model_validate(TINY))
     # base + 2 trained models: 3 test cells each; 1 intermediate step (2 of 4) per job: 1 cell
     assert len(plan.cells) == 3 * 3 + 2 * 1
@@ -76,7 +77,7 @@ def test_run_computes_every_planned_cell_once_then_nothing(tmp_path):
 
     calls.clear()
     again = run_experiment(cfg, tmp_path / "out", backends=make_backends(calls=calls),
-                           progress=False, report=False, echo=lambda s: None)
+                           progress=False, echo=lambda s: None)
     assert again.computed == 0 and again.trained == 0
     assert calls == []  # no model even loaded
     assert table(tmp_path / "out") == stored
@@ -85,12 +86,12 @@ def test_run_computes_every_planned_cell_once_then_nothing(tmp_path):
 def test_editing_the_config_computes_only_the_new_cells(tmp_path):
     out = tmp_path / "out"
     run_experiment(write_config(tmp_path, TINY), out, backends=make_backends(), progress=False,
-                   report=False, echo=lambda s: None)
+                   echo=lambda s: None)
     before = table(out)
     bigger = {**TINY, "formats": ["prompt1", "prompt2"]}
     calls = []
     outcome = run_experiment(write_config(tmp_path, bigger, "b.yaml"), out,
-                             backends=make_backends(calls=calls), progress=False, report=False,
+                             backends=make_backends(calls=calls), progress=False,
                              echo=lambda s: None)
     after = table(out)
     assert set(before) < set(after)
@@ -99,7 +100,7 @@ def test_editing_the_config_computes_only_the_new_cells(tmp_path):
     assert not any(c[0] == "train" for c in calls)  # formats do not change training
     # going back to the smaller config computes nothing; results show its plan only
     again = run_experiment(write_config(tmp_path, TINY), out, backends=make_backends(),
-                           progress=False, report=False, echo=lambda s: None)
+                           progress=False, echo=lambda s: None)
     assert again.computed == 0
     assert set(load_results(out)["cell_key"]) == set(before)
     assert set(load_results(out, all_cells=True)["cell_key"]) == set(after)
@@ -135,7 +136,8 @@ def test_cli_refuses_busy_directory_with_one_line(tmp_path, capsys):
 def _start(cfg: Path, out: Path, sleep: float, report: bool = False) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(HERE / "test_run_fakes.py"), str(cfg), str(out),
                              str(sleep), *(["report"] if report else [])],
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])})
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])})
 
 
 def _wait_for(pred, proc, timeout=60):
@@ -157,7 +159,7 @@ def _log(out: Path) -> str:
 def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path, when):
     cfg = write_config(tmp_path, TINY)
     reference = tmp_path / "reference"
-    run_experiment(cfg, reference, backends=make_backends(), progress=False, report=False,
+    run_experiment(cfg, reference, backends=make_backends(), progress=False,
                    echo=lambda s: None)
 
     out = tmp_path / "out"
@@ -172,7 +174,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path, when):
     partial = table(out)
     assert 0 < len(partial) < len(table(reference))
 
-    run_experiment(cfg, out, backends=make_backends(), progress=False, report=False,
+    run_experiment(cfg, out, backends=make_backends(), progress=False,
                    echo=lambda s: None)
     assert table(out) == table(reference)
     assert item_rows(out) == item_rows(reference)

@@ -50,6 +50,8 @@ def make_backends(sleep: float = 0.0, calls: list | None = None) -> Backends:
         every = cfg.get("save_every")
         for step in range(1, cfg["steps"] + 1):
             time.sleep(sleep / 4)
+            with open(out / "train_log.jsonl", "a") as log:  # the trainer's per-step log
+                log.write(json.dumps({"stage": "train", "step": step, "loss": 2.0 / step}) + "\n")
             if every and step % every == 0 and step < cfg["steps"]:
                 d = out / "checkpoints" / f"step-{step:06d}"
                 d.mkdir(parents=True, exist_ok=True)
@@ -95,15 +97,15 @@ def make_backends(sleep: float = 0.0, calls: list | None = None) -> Backends:
 
 
 if __name__ == "__main__":
+    from genft.api import run
     from genft.errors import GenftError
-    from genft.experiments.runner import run_experiment
 
     config, out = sys.argv[1], sys.argv[2]
     delay = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     report = len(sys.argv) > 4 and sys.argv[4] == "report"
     try:  # what genft.cli.main does with these exceptions
-        run_experiment(config, out, backends=make_backends(delay), progress=False, report=report,
-                       echo=lambda s: None)
+        run(config, out, backends=make_backends(delay), progress=False, report=report,
+            echo=lambda s: None)
     except GenftError as e:
         print(f"genft: error: {e}", file=sys.stderr)
         sys.exit(2)

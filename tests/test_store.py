@@ -106,13 +106,13 @@ def test_full_disk_while_storing_is_one_line_and_committed_cells_stay(tmp_path, 
 
     cfg = write_config(tmp_path, TINY)
     reference = tmp_path / "reference"
-    run_experiment(cfg, reference, backends=backends(), progress=False, report=False,
+    run_experiment(cfg, reference, backends=backends(), progress=False,
                    echo=lambda s: None)
     out = tmp_path / "out"
     with monkeypatch.context() as m:
         _cap_pages(m, 8)
         with pytest.raises(GenftError) as err:
-            run_experiment(cfg, out, backends=backends(), progress=False, report=False,
+            run_experiment(cfg, out, backends=backends(), progress=False,
                            echo=lambda s: None)
     message = str(err.value)
     partial = table(out)
@@ -126,7 +126,7 @@ def test_full_disk_while_storing_is_one_line_and_committed_cells_stay(tmp_path, 
     # no half-stored cell: every stored cell has all its items
     assert {k for k, *_ in item_rows(out)} == set(partial)
 
-    run_experiment(cfg, out, backends=backends(), progress=False, report=False,
+    run_experiment(cfg, out, backends=backends(), progress=False,
                    echo=lambda s: None)  # space freed: the same command completes
     assert table(out) == table(reference)
     assert item_rows(out) == item_rows(reference)
@@ -156,7 +156,7 @@ def test_full_disk_while_writing_the_report_is_one_line(tmp_path, monkeypatch):
     import errno
 
     import genft.report.build as build
-    from genft.experiments.runner import run_experiment
+    from genft.api import run
     from test_run import TINY, table, write_config
     from test_run_fakes import make_backends
 
@@ -167,6 +167,6 @@ def test_full_disk_while_writing_the_report_is_one_line(tmp_path, monkeypatch):
     out = tmp_path / "out"
     with pytest.raises(GenftError, match=r": disk full while writing the report \(.*report_files.*"
                                          r"\); every finished cell is stored intact"):
-        run_experiment(write_config(tmp_path, TINY), out, backends=make_backends(), progress=False,
-                       echo=lambda s: None)
+        run(write_config(tmp_path, TINY), out, backends=make_backends(), progress=False,
+            echo=lambda s: None)
     assert len(table(out)) == 11 and not (out / "report.html").exists()

@@ -1,8 +1,6 @@
-"""`genft run`, `genft report` and `genft results`."""
+"""`genft run` and `genft results` (`genft report` is the report's own, genft/report/cli.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 RESULT_FORMATS = ("csv", "json", "parquet")
 
@@ -31,11 +29,6 @@ def register(sub) -> None:
                         "local Ray instance)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("report", help="(re)write the HTML + Markdown report of an output directory",
-                       description="Write DIR/report.html (self-contained) and DIR/report.md.")
-    p.add_argument("dir", help="a `genft run` output directory")
-    p.set_defaults(func=cmd_report)
-
     p = sub.add_parser("results", help="export the tidy results table (one row per cell and metric)",
                        description="Export DIR's results as a tidy table: one row per evaluation "
                                    "cell and metric, ready for pandas.")
@@ -48,24 +41,11 @@ def register(sub) -> None:
 
 
 def cmd_run(args) -> None:
-    from genft.experiments.runner import run_experiment
+    from genft.api import run  # run + report, composed above both layers
 
-    run_experiment(args.config, args.out, dry_run=args.dry_run, progress=not args.no_progress,
-                   report=not args.no_report, threads=args.threads, executor=args.executor,
-                   ray_address=args.ray_address)
-
-
-def cmd_report(args) -> None:
-    from genft.errors import GenftError
-    from genft.experiments.store import Store
-    from genft.report import build_report
-
-    Store.open_existing(args.dir).close()  # a clear error for a directory without results
-    try:
-        print(build_report(Path(args.dir)))
-    except OSError as e:
-        raise GenftError(f"{args.dir}: cannot write the report ({e.strerror or e}: "
-                         f"{e.filename})") from None
+    run(args.config, args.out, dry_run=args.dry_run, progress=not args.no_progress,
+        report=not args.no_report, threads=args.threads, executor=args.executor,
+        ray_address=args.ray_address)
 
 
 def cmd_results(args) -> None:

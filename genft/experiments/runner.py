@@ -1,4 +1,5 @@
-"""`genft run`: execute a plan — train what is missing, evaluate what is missing, report.
+"""`genft run`: execute a plan — train what is missing, evaluate what is missing (the report
+is written by the caller: genft.api.run composes run + report).
 
 Order: the base model's cells first (the reference row), then for each training
 job: train (or find its checkpoint in the store), evaluate its final model, then
@@ -68,7 +69,7 @@ def default_out(cfg: ExperimentConfig) -> Path:
 
 
 def run_experiment(config, out: str | Path | None = None, *, dry_run: bool = False,
-                   progress: bool = True, report: bool = True, backends: Backends | None = None,
+                   progress: bool = True, backends: Backends | None = None,
                    threads: int | None = None, executor: str | None = None,
                    ray_address: str | None = None, echo: Callable[[str], None] = print) -> RunOutcome:
     """Run (or resume) a grid; ``threads`` sets torch's CPU threads (on a CPU shared with
@@ -98,15 +99,7 @@ def run_experiment(config, out: str | Path | None = None, *, dry_run: bool = Fal
         runner = _Runner(plan, out, backends or Backends(), progress and distributed.is_main(),
                          echo, where)
         runner.execute()
-        outcome = RunOutcome(out, plan, runner.computed, runner.trained)
-    if report and distributed.is_main():
-        from genft.report import build_report
-
-        with disk_full_is_one_line(out, "writing the report"):
-            outcome.report = build_report(out)
-        echo(f"report: {outcome.report}")
-    distributed.barrier()  # no rank leaves (and tears the process group down) before the report
-    return outcome
+        return RunOutcome(out, plan, runner.computed, runner.trained)
 
 
 @contextmanager

@@ -18,9 +18,11 @@ from genft.report import data as D
 from genft.report import figures as F
 
 NORMALIZE_TEXT = {
-    "chance": "normalized score = (score − chance) / (perfect − chance) × 100, with chance = 1 / "
-              "number of labels for classification and 0 for generation, perfect = 1 (every metric, BLEU included, is stored as a fraction in [0, 1]): "
-              "0 is chance level, 100 is perfect, negative is below chance",
+    "chance": "normalized score = (score − chance) / (perfect − chance) × 100, with chance = the "
+              "classification test set's chance level (the rule applied is stated in the tidy "
+              "table's docs; the value used per test set is listed under the normalized "
+              "averages) and 0 for generation, perfect = 1 (every metric, BLEU included, is stored "
+              "as a fraction in [0, 1]): 0 is chance level, 100 is perfect, negative is below chance",
     "raw": "normalized score = score / perfect × 100 (the config chose `normalize: raw`; chance "
            "level is not subtracted)",
 }
@@ -29,10 +31,13 @@ SCORE_TEXT = ("Scores are each test set's primary metric (the first metric of it
               "training seeds, evaluated shots and prompt formats; final models of the largest "
               "training size.")
 SPEC_TEXT = ("Format specialization rate (\"label answers\"): for a model trained on classification, "
-             "the share of its predictions on generation test sets whose normalized text "
-             "(lower-cased, surrounding whitespace and punctuation removed) is exactly one of its "
-             "training tasks' label words. The base model's rate uses the same words and is the "
-             "reference. \"Empty answers\": the share of empty predictions.")
+             "the share of its predictions on generation test sets that answer with one of its "
+             "training tasks' label words, as the tidy table stores it (`label_answer_rate`; "
+             "where the store also has `label_answer_rate_strict`, both are shown: loose = the "
+             "first word, after cutting at the first blank line and stripping punctuation and "
+             "case, is a label word; strict = the whole normalized answer is one). The base "
+             "model's rate uses the same words and is the reference. \"Empty answers\": the "
+             "share of empty predictions.")
 
 
 @dataclass
@@ -41,12 +46,18 @@ class Section:
     text: str = ""
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     figures: list[tuple[str, plt.Figure]] = field(default_factory=list)
+    collapsed: bool = False  # HTML: tables inside <details>, for reference material
+    lead: bool = False  # the answer the page leads with: highlighted
+    lead_lines: list[str] = field(default_factory=list)  # one plain sentence each, before the text
 
 
-def build_report(out: str | Path) -> Path:
-    """Write report.html and report.md into ``out``; return the HTML path."""
+def build_report(out: str | Path) -> Path | None:
+    """Write report.html and report.md into ``out``; return the HTML path, or None (and
+    write nothing) while no cell has finished. A run still going gets a partial report."""
     out = Path(out)
     data = D.collect(out)
+    if data.table.empty:
+        return None
     sections = make_sections(data)
     title = _title(data)
     files = out / "report_files"
@@ -108,49 +119,18 @@ def _title(data: D.ReportData) -> str:
 
 def make_sections(data: D.ReportData) -> list[Section]:
     cfg = data.runs[-1]["config"] if data.runs else {}
-    sections = [Section("Overview", _overview(data, cfg))]
-    if data.table.empty:
-        sections[0].text += " No results are stored yet."
-        return sections + [_metadata(data)]
-
+    sections = [Section("Overview", _overview(data, cfg)), _answer(data)]
     s = Section("In-domain, out-of-domain and cross-task summary",
                 SCORE_TEXT + " Columns without “(raw)” are mean normalized scores over the test sets "
                 "of that relation (" + NORMALIZE_TEXT[data.normalize] + "); “(raw)” columns average "
                 "the raw primary metrics.")
     s.tables.append(("", D.relation_summary(data)))
-    sections.append(s)
-
-    spec = D.specialization(data)
-    s = Section("Format specialization", SPEC_TEXT)
-    if spec.empty:
-        s.text += " (No classification-trained model was tested on a generation task.)"
-    else:
-        s.tables.append(("", spec))
-    sections.append(s)
-
-    s = Section("Heatmaps: training tasks × test sets",
-                SCORE_TEXT + " Top: each method's score; bottom: its difference from the base "
-                "model's in-context score on the same cells.")
-    fig = F.heatmaps(data)
-    if fig:
-        s.figures.append(("", fig))
-    for group in data.groups:
-        s.tables.append((f"trained on {group}", D.heat(data, group).reset_index()))
-    sections.append(s)
-
-    s = Section("k-shot curves", "Primary metric per number of in-context examples, per test set; "
-                "solid lines prompt1, dashed prompt2; averaged over training seeds.")
-    for group in data.groups:
-        if (fig := F.kshot_curves(data, group)) is not None:
-            s.figures.append((f"trained on {group}", fig))
-    sections.append(s)
-
+    sections += [s, _heatmaps(data), _examples(data), _specialization(data), _kshot(data)]
     size_figs = [(g, f) for g in data.groups if (f := F.size_curves(data, g)) is not None]
     if size_figs:
         sections.append(Section("Training-size curves", "Primary metric averaged over shots, "
                                 "formats and seeds, per training-set size.",
                                 figures=[(f"trained on {g}", f) for g, f in size_figs]))
-
     over = D.over_training(data)
     if not over.empty:
         s = Section("Specialization over training",
@@ -161,30 +141,123 @@ def make_sections(data: D.ReportData) -> list[Section]:
             s.figures.append(("", fig))
         s.tables.append(("", over))
         sections.append(s)
+    sections += [_normalized(data), _training(data)]
+    if (pc := _param_change(data)) is not None:
+        sections.append(pc)
+    sections.append(_metadata(data))
+    return sections
 
+
+def _answer(data: D.ReportData) -> Section:
+    s = Section("Did fine-tuning hurt generalization?",
+                "Change of each method's mean normalized score from the base model's in-context "
+                "score on the same test sets, in points (0 = chance, 100 = perfect), per relation "
+                "to the training tasks: below 0 means fine-tuning hurt. In brackets, where "
+                "per-item scores allow it: the paired comparison on the same items (method − base "
+                "in the raw primary metric, its standard error and bootstrap p-value).", lead=True)
+    table = D.answer(data)
+    if table.empty:
+        s.text += " (No trained model has finished cells yet.)"
+        return s
+    s.tables.append(("", table))
+    for rel in D.RELATIONS:
+        said = [f"{r['model']} {r[rel].split(' ')[0]}" for _, r in table.iterrows() if isinstance(r[rel], str)]
+        if said:
+            s.lead_lines.append(f"{rel.capitalize()} change vs base (points): {', '.join(said)}.")
+    return s
+
+
+def _heatmaps(data: D.ReportData) -> Section:
+    s = Section("Heatmaps: training tasks × test sets",
+                SCORE_TEXT + " First figure: each method's score (the base model's in-context "
+                "score on top), one colour scale per metric shared by every method; second: the "
+                "difference from the base model on a diverging scale centred on 0.")
+    s.figures += F.heatmaps(data)
+    for group in data.groups:
+        s.tables.append((f"trained on {group}", D.heat(data, group).reset_index()))
+    return s
+
+
+def _examples(data: D.ReportData) -> Section:
+    s = Section("Example predictions on cross-task test sets",
+                "The first stored items of each cross-task test set: the gold answer, the base "
+                "model's answer and each method's answer to the same prompt (final models of the "
+                "largest training size, first seed).")
+    for group in data.groups:
+        for cell, df in D.examples(data, group).items():
+            s.tables.append((f"trained on {group}: {cell}", df))
+    if not s.tables:
+        s.text += " (No cross-task cells in this run.)"
+    return s
+
+
+def _specialization(data: D.ReportData) -> Section:
+    s = Section("Format specialization", SPEC_TEXT)
+    rates = D.rates(data)
+    if rates.empty:
+        s.text += " (No classification-trained model was tested on a generation task.)"
+    else:
+        s.tables.append(("", rates))
+    return s
+
+
+def _kshot(data: D.ReportData) -> Section:
+    s = Section("k-shot curves", "Primary metric per number of in-context examples, per test set; "
+                "solid lines prompt1, dashed prompt2; averaged over training seeds. Bars: 95% "
+                "interval (± 1.96 standard errors) where the store has standard errors.")
+    for group in data.groups:
+        if (fig := F.kshot_curves(data, group)) is not None:
+            s.figures.append((f"trained on {group}", fig))
+    return s
+
+
+def _normalized(data: D.ReportData) -> Section:
     norm = D.normalized_average(data)
     s = Section("Normalized average over held-out tasks",
                 "Held-out tasks are the config's `held_out` test sets (minus the model's own "
                 "training tasks) or, if it names none, the test sets of families the model was "
                 "not trained on (cross-task). Per held-out test set, " + NORMALIZE_TEXT[data.normalize] + "; the "
                 "table averages it over the held-out sets (equal weight per set), at each k every "
-                "held-out set was evaluated with, and over all evaluated k; formats averaged.")
+                "held-out set was evaluated with, and over all evaluated k; formats averaged. "
+                "The chance level of each classification test set, as applied, is listed below.")
     if norm.empty:
         s.text += " (No held-out test sets in this run.)"
     else:
         s.tables.append(("", norm))
-    sections.append(s)
+    if not (chance := D.chance_levels(data)).empty:
+        s.tables.append(("chance level per classification test set", chance))
+    return s
 
-    pc = D.param_changes(data)
+
+def _training(data: D.ReportData) -> Section:
+    s = Section("Training", "Loss per optimizer step of every training job (from its "
+                "train_log.jsonl; ProMoT's stage-1 dev loss as open diamonds) and each job's "
+                "hyperparameters (the settings in which jobs differ are columns; truncation counts "
+                "— training examples shortened by dropping whole demos, or skipped because the "
+                "answer did not fit — where the trainer stored them).")
+    if (fig := F.loss_curves(D.train_logs(data))) is not None:
+        s.figures.append(("training loss per step", fig))
+    if not (jobs := D.jobs(data)).empty:
+        s.tables.append(("hyperparameters per job", jobs))
+    if not s.figures and not s.tables:
+        s.text += " (No training job has finished yet.)"
+    return s
+
+
+def _param_change(data: D.ReportData) -> Section | None:
+    pc, layers = D.param_changes(data), D.per_layer(data)
+    if pc.empty and layers.empty:
+        return None
+    s = Section("Parameter change from the base model",
+                "From genft.training.param_change: mean absolute change of the weights, relative "
+                "change (sum |Δ| / sum |base weights|) and the largest change, overall and per "
+                "module type (q_proj, down_proj, …; LoRA merged first; a soft prompt is not a "
+                "weight), and per layer where stored.", collapsed=True)
+    if (fig := F.per_layer(layers)) is not None:
+        s.figures.append(("relative change per layer", fig))
     if not pc.empty:
-        sections.append(Section("Parameter change from the base model",
-                                "From genft.training.param_change: mean absolute change of the "
-                                "weights, relative change (sum |Δ| / sum |base weights|) and the "
-                                "largest change, overall and per module type (q_proj, down_proj, "
-                                "…; LoRA merged first; a soft prompt is not a weight).",
-                                tables=[("", pc)]))
-    sections.append(_metadata(data))
-    return sections
+        s.tables.append(("", pc))
+    return s
 
 
 def _overview(data: D.ReportData, cfg: dict) -> str:
@@ -196,6 +269,9 @@ def _overview(data: D.ReportData, cfg: dict) -> str:
              f"{t['cell_key'].nunique() if not t.empty else 0} evaluation cells of "
              f"{len(models)} models on {t['test_task'].nunique() if not t.empty else 0} test sets. "
              f"The base model's in-context results are the reference row."]
+    if data.running:
+        parts.append(f"Partial report: run {data.runs[-1]['id']} is still going (or was killed); "
+                     f"the cells finished so far are shown.")
     return " ".join(p for p in parts if p)
 
 
@@ -242,15 +318,17 @@ def _md_table(df: pd.DataFrame) -> str:
 
 def _html_table(df: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>"
-                   for r in _rows(df))
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
+    opening = ['<td class="num">' if n else "<td>" for n in numeric]
+    body = "".join("<tr>" + "".join(f"{o}{html.escape(v)}</td>" for v, o in zip(r, opening))
+                   + "</tr>" for r in _rows(df))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _markdown(title: str, sections: list[Section], pngs: dict) -> str:
     out = [f"# {title}", ""]
     for s in sections:
-        out += [f"## {s.title}", "", s.text, ""]
+        out += [f"## {s.title}", "", *(f"**{line}**\n" for line in s.lead_lines), s.text, ""]
         for caption, df in s.tables:
             out += ([f"**{caption}**", ""] if caption else []) + [_md_table(df), ""]
         for i, (caption, _) in enumerate(s.figures):
@@ -265,8 +343,11 @@ h1{font-size:1.6em;border-bottom:2px solid #444;padding-bottom:.3em}
 h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ccc}
 p.note{color:#444;font-size:.93em}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.88em}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f0f0f0} td:first-child,td:nth-child(2){text-align:left}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f0f0f0} td.num{text-align:right;font-variant-numeric:tabular-nums}
+section.answer{background:#f6f8fc;border-left:4px solid #3465a4;padding:.2em 1em .6em;
+margin-top:1.2em} section.answer h2{margin-top:.6em} section.answer table{font-size:1em}
+details summary{cursor:pointer;color:#225;margin:.4em 0}
 img{max-width:100%;margin:.5em 0}
 figcaption{font-size:.85em;color:#555}
 nav a{margin-right:1em;font-size:.9em}
@@ -275,21 +356,30 @@ nav a{margin-right:1em;font-size:.9em}
 
 def _html(title: str, sections: list[Section], pngs: dict) -> str:
     nav = "".join(f'<a href="#{_slug(s.title)}">{html.escape(s.title)}</a>' for s in sections)
-    body = [f"<h1>{html.escape(title)}</h1>", f"<nav>{nav}</nav>"]
-    for s in sections:
-        body.append(f'<h2 id="{_slug(s.title)}">{html.escape(s.title)}</h2>')
-        body.append(f'<p class="note">{html.escape(s.text)}</p>')
-        for i, (caption, _) in enumerate(s.figures):
-            b64 = pngs[(s.title, i)][1]
-            body.append(f'<figure><img alt="{html.escape(caption or s.title)}" '
-                        f'src="data:image/png;base64,{b64}"><figcaption>{html.escape(caption)}'
-                        f"</figcaption></figure>")
-        for caption, df in s.tables:
-            if caption:
-                body.append(f"<h3>{html.escape(caption)}</h3>")
-            body.append(_html_table(df))
+    body = [f"<h1>{html.escape(title)}</h1>", f"<nav>{nav}</nav>",
+            *(_html_section(s, pngs) for s in sections)]
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
+
+
+def _html_section(s: Section, pngs: dict) -> str:
+    css = ' class="answer"' if s.lead else ""
+    body = [f'<section id="{_slug(s.title)}"{css}>', f"<h2>{html.escape(s.title)}</h2>"]
+    body += [f"<p>{html.escape(p)}</p>" for p in s.lead_lines]
+    body.append(f'<p class="note">{html.escape(s.text)}</p>')
+    for i, (caption, _) in enumerate(s.figures):
+        b64 = pngs[(s.title, i)][1]
+        body.append(f'<figure><img alt="{html.escape(caption or s.title)}" '
+                    f'src="data:image/png;base64,{b64}"><figcaption>{html.escape(caption)}'
+                    f"</figcaption></figure>")
+    tables = []
+    for caption, df in s.tables:
+        if caption:
+            tables.append(f"<h3>{html.escape(caption)}</h3>")
+        tables.append(_html_table(df))
+    if s.collapsed and tables:
+        tables = ["<details><summary>show the tables</summary>", *tables, "</details>"]
+    return "".join(body + tables) + "</section>"
 
 
 def _slug(text: str) -> str:

@@ -6,6 +6,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import Normalize, TwoSlopeNorm  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -27,42 +29,65 @@ def color(model: str, i: int = 0) -> str:
     return plt.cm.tab10(i % 10)
 
 
-def heatmaps(data: D.ReportData) -> plt.Figure | None:
-    """Per method: train tasks × test sets, and the difference from the base model."""
+def heatmaps(data: D.ReportData) -> list[tuple[str, plt.Figure]]:
+    """Two figures: each method's score, and its difference from the base model. Panels
+    are split by metric; every metric has one colour scale shared by all methods (and a
+    colour bar), differences a diverging scale centred on 0."""
     d = data.final()
-    d = d[d["model"] != "base"]
-    if d.empty:
-        return None
-    methods = D.model_order(d["model"])
-    tests = list(dict.fromkeys(data.final()["test_task"]))
-    groups = data.groups
-    base = data.final()[data.final()["model"] == "base"].groupby("test_task")["value"].mean()
-    fig, axes = plt.subplots(2, len(methods), squeeze=False,
-                             figsize=(max(4.5, 1.3 * len(tests)) * len(methods) * 0.9 + 1,
-                                      2 * (0.9 + 0.5 * len(groups)) + 1.6))
-    for j, method in enumerate(methods):
-        m = d[d["model"] == method].pivot_table(index="group", columns="test_task", values="value",
-                                                aggfunc="mean").reindex(index=groups, columns=tests)
-        diff = m - base.reindex(tests).to_numpy()[None, :]
-        _heat(axes[0, j], m, f"{method}: score", "viridis", 0, None)
-        lim = np.nanmax(np.abs(diff.to_numpy())) if np.isfinite(diff.to_numpy()).any() else 1
-        _heat(axes[1, j], diff, f"{method} − base", "RdBu", -lim or -1, lim or 1, signed=True)
-    fig.tight_layout()
+    if d[d["model"] != "base"].empty:
+        return []
+    tests = list(dict.fromkeys(d["test_task"]))
+    metrics = {t: d[d["test_task"] == t]["metric"].iloc[0] for t in tests}
+    by_metric = {m: [t for t in tests if metrics[t] == m] for m in dict.fromkeys(metrics.values())}
+    methods = [m for m in D.model_order(d["model"]) if m != "base"]
+    base = d[d["model"] == "base"].groupby("test_task")["value"].mean()
+    scores = {m: d[d["model"] == m].pivot_table(index="group", columns="test_task", values="value",
+                                                aggfunc="mean").reindex(data.groups) for m in methods}
+    diffs = {m: s - base.reindex(s.columns).to_numpy()[None, :] for m, s in scores.items()}
+    scores = {"base": pd.DataFrame([base.to_numpy()], index=["in context"], columns=base.index),
+              **scores}
+    return [("score per method (colour scale shared per metric)",
+             _heat_grid(scores, by_metric, "viridis", signed=False)),
+            ("difference from the base model (red: worse, blue: better)",
+             _heat_grid(diffs, by_metric, "RdBu", signed=True))]
+
+
+def _heat_grid(frames: dict[str, pd.DataFrame], by_metric: dict[str, list[str]], cmap: str,
+               signed: bool) -> plt.Figure:
+    rows = max(len(f.index) for f in frames.values())
+    widths = [max(1.2, 0.9 * len(t)) for t in by_metric.values()]
+    fig, axes = plt.subplots(len(frames), len(by_metric), squeeze=False,
+                             figsize=(sum(widths) * 1.5 + 3, len(frames) * (0.5 * rows + 0.9) + 0.8),
+                             gridspec_kw={"width_ratios": widths})
+    for j, (metric, tests) in enumerate(by_metric.items()):
+        values = np.concatenate([f.reindex(columns=tests).to_numpy(float).ravel() for f in frames.values()])
+        top = np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0
+        norm = (TwoSlopeNorm(0, -(top or 1), top or 1) if signed
+                else Normalize(0, max(top, 1e-9)))
+        for i, (name, f) in enumerate(frames.items()):
+            im = _heat(axes[i, j], f.reindex(columns=tests), cmap, norm, signed)
+            axes[i, j].set_title(f"{name}: {metric}" + (" − base" if signed else ""), fontsize=9)
+            if i < len(frames) - 1:
+                axes[i, j].set_xticklabels([])
+            if j > 0:  # the rows (training tasks) are the same in every panel of a row
+                axes[i, j].set_yticklabels([])
+        fig.colorbar(im, ax=list(axes[:, j]), shrink=0.8, aspect=30, pad=0.02,
+                     label=f"{metric}" + (" − base" if signed else ""))
     return fig
 
 
-def _heat(ax, m: pd.DataFrame, title: str, cmap: str, vmin, vmax, signed: bool = False) -> None:
+def _heat(ax, m: pd.DataFrame, cmap: str, norm, signed: bool):
     values = m.to_numpy(dtype=float)
-    ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
     ax.set_xticks(range(len(m.columns)), m.columns, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(m.index)), m.index, fontsize=8)
-    ax.set_title(title, fontsize=10)
-    lim = np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):
-            dark = abs(v) > 0.6 * lim if signed else v < 0.6 * (vmax or np.nanmax(values))
+            shade = norm(v)
+            dark = abs(shade - 0.5) > 0.3 if signed else shade < 0.55
             ax.text(j, i, f"{v:+.3f}" if signed else f"{v:.3f}", ha="center", va="center",
                     fontsize=8, color="white" if dark else "black")
+    return im
 
 
 def kshot_curves(data: D.ReportData, group: str) -> plt.Figure | None:
@@ -76,17 +101,23 @@ def kshot_curves(data: D.ReportData, group: str) -> plt.Figure | None:
         for i, model in enumerate(D.model_order(t["model"])):
             for fmt, f in t[t["model"] == model].groupby("format"):
                 f = f.sort_values("shots")
-                ax.plot(f["shots"], f["value"], STYLES.get(fmt, ":"), marker="o", ms=4,
-                        color=color(model, i), label=f"{model} {fmt}")
+                bars = f["se"].to_numpy(float) * 1.96 if f["se"].notna().all() else None
+                ax.errorbar(f["shots"], f["value"], yerr=bars, fmt=STYLES.get(fmt, ":"),
+                            marker="o", ms=4, capsize=3, color=color(model, i),
+                            label=f"{model} {fmt}")
         rel = data.final(group)
         rel = rel[rel["test_task"] == test]["relation"].iloc[0]
         ax.set_title(f"{test}\n({rel}; {data.tasks.get(test, {}).get('metrics', ['?'])[0]})",
                      fontsize=9)
         ax.set_xlabel("shots")
-        ax.set_xticks(sorted(t["shots"].unique()))
+        ks = sorted(t["shots"].unique())
+        ax.set_xticks(ks)
+        if len(ks) == 1:  # one k: a point with its interval, centred in a readable range
+            ax.set_xlim(ks[0] - 1, ks[0] + 1)
         ax.grid(alpha=0.3)
     return _finish_curves(fig, axes, f"k-shot curves, trained on {group} "
-                                     f"(solid: prompt1, dashed: prompt2)", legend_from=0.86)
+                                     f"(solid: prompt1, dashed: prompt2; bars: 95% interval where stored)",
+                          legend_from=0.86)
 
 
 def size_curves(data: D.ReportData, group: str) -> plt.Figure | None:
@@ -140,5 +171,52 @@ def training_curves(over: pd.DataFrame) -> plt.Figure | None:
         ax.grid(alpha=0.3)
     a.set_ylim(-0.02, 1.02)
     b.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(logs: dict[str, pd.DataFrame]) -> plt.Figure | None:
+    """Training loss per step of every job (one line per stage), ProMoT's stage-1 dev loss
+    as points on the same axes."""
+    if not logs:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    seen: dict[str, int] = {}  # jobs of one method share its colour, told apart by line style
+    for i, (job, log) in enumerate(logs.items()):
+        method = job.split(" ")[0]
+        c, style = color(method, i), ["-", "--", ":", "-."][seen.get(method, 0) % 4]
+        seen[method] = seen.get(method, 0) + 1
+        train = log[log["loss"].notna()] if "loss" in log else log.iloc[0:0]
+        for j, (stage, st) in enumerate(train.groupby("stage", sort=False)):
+            ax.plot(st["step"], st["loss"], style, color=c, lw=1.2 + 0.6 * (j > 0),
+                    label=f"{job} {stage}" if train["stage"].nunique() > 1 else job)
+        if "dev_loss" in log and log["dev_loss"].notna().any():
+            dev = log[log["dev_loss"].notna()]
+            ax.plot(dev["step"], dev["dev_loss"], "D", ms=5, color=c, mfc="white",
+                    label=f"{job} dev loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("step")
+    ax.set_ylabel("answer-token loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def per_layer(change: pd.DataFrame) -> plt.Figure | None:
+    """Relative parameter change per transformer layer, one line per trained model."""
+    if change.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    keys = ["model", "train tasks", "size", "seed"]
+    for i, ((model, group, size, seed), d) in enumerate(change.groupby(keys, sort=False)):
+        d = d.sort_values("layer")
+        ax.plot(d["layer"], d["relative change"], ["-", "--", ":", "-."][i % 4], marker="o", ms=3,
+                color=color(model, i), label=f"{model} ({group}, size {size}, seed {seed})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("relative change")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
