@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from genft.models import add_model_options
+
 RESULT_FORMATS = ("csv", "json", "parquet")
 
 
@@ -23,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: torch's choice; on a CPU shared with other "
                         "jobs, 1 can be much faster)")
+    add_model_options(p)  # override the config's `model:` options
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="(re)write the HTML + Markdown report of an output directory",
@@ -43,9 +46,11 @@ def register(sub) -> None:
 
 def cmd_run(args) -> None:
     from genft.experiments.runner import run_experiment
+    from genft.models import model_options
 
     run_experiment(args.config, args.out, dry_run=args.dry_run, progress=not args.no_progress,
-                   report=not args.no_report, threads=args.threads)
+                   report=not args.no_report, threads=args.threads,
+                   model_options=model_options(args))
 
 
 def cmd_report(args) -> None:

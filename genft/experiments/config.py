@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genft.errors import GenftError
-from genft.models import DEFAULT_MODEL
+from genft.models import DEFAULT_MODEL, ModelSpec
 from genft.tasks.demos import SAMPLERS
 from genft.tasks.schema import FORMATS
 from genft.yaml_files import load_yaml_model
@@ -36,6 +36,9 @@ class Training(_Strict):
     batch_size: int = Field(8, gt=0)
     grad_accum: int = Field(1, gt=0)
     max_length: int = Field(512, gt=0)
+    mixed_precision: Literal["no", "bf16"] = Field(
+        "no", description="bf16: compute in bfloat16 (autocast), keep float32 weights")
+    gradient_checkpointing: bool = Field(False, description="less activation memory, slower steps")
 
     @model_validator(mode="before")
     @classmethod
@@ -97,7 +100,9 @@ class Checkpoints(_Strict):
 class ExperimentConfig(_Strict):
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    model: str = DEFAULT_MODEL
+    model: ModelSpec = Field(ModelSpec(name=DEFAULT_MODEL),
+                             description="a name, or {name, dtype, device, revision, "
+                                         "attn_implementation, trust_remote_code}")
     include: list[str] = Field([], description="extra task folders, relative to the config file")
     train_tasks: list[str] = Field(min_length=1)
     methods: dict[str, MethodSpec] = Field(default_factory=dict)
@@ -117,6 +122,13 @@ class ExperimentConfig(_Strict):
     normalize: Literal["chance", "raw"] = "chance"
     held_out: list[str] | None = Field(
         None, description="test sets of the normalized average (default: the cross-task ones)")
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value):
+        if isinstance(value, str):
+            return ModelSpec(name=value)
+        return value  # a mapping: pydantic validates it as a ModelSpec, naming the bad key
 
     @field_validator("methods")
     @classmethod

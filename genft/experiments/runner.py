@@ -65,10 +65,14 @@ def default_out(cfg: ExperimentConfig) -> Path:
 
 def run_experiment(config, out: str | Path | None = None, *, dry_run: bool = False,
                    progress: bool = True, report: bool = True, backends: Backends | None = None,
-                   threads: int | None = None, echo: Callable[[str], None] = print) -> RunOutcome:
+                   threads: int | None = None, echo: Callable[[str], None] = print,
+                   model_options: dict | None = None) -> RunOutcome:
     """Run (or resume) a grid; ``threads`` sets torch's CPU threads (on a CPU shared with
-    other jobs, 1 thread can be several times faster than oversubscribed cores)."""
+    other jobs, 1 thread can be several times faster than oversubscribed cores);
+    ``model_options`` (dtype, device, revision, ...) override the config's ``model:``."""
     cfg, cfg_dir = parse_config(config)
+    if model_options:
+        cfg = cfg.model_copy(update={"model": cfg.model.replace(**model_options)})
     if threads is not None:
         import torch
 
@@ -100,6 +104,8 @@ class _Runner:
         self.log = _file_logger(out / LOG_FILE)
         self.stages: dict[str, float] = defaultdict(float)
         self.config_hash = stable_hash(plan.config.model_dump())
+        spec = plan.config.model.model_dump()  # the name alone while every option is a default
+        self.load_options = {k: v for k, v in spec.items() if k != "name"} if isinstance(spec, dict) else {}
         self.computed = self.trained = 0
 
     def execute(self) -> None:
@@ -116,7 +122,7 @@ class _Runner:
                         position=0, disable=not self.progress, dynamic_ncols=True)
         status = "failed"
         try:
-            self._evaluate(self.plan.base, cfg.model, done)
+            self._evaluate(self.plan.base, cfg.model.name, done)
             for job in self.plan.jobs:
                 final = self._ensure_trained(job)
                 self._evaluate(ModelRef(job.key, job.label, job), str(final), done)
@@ -212,7 +218,7 @@ class _Runner:
         self.log.info("evaluating %s: %d cells", name, len(pending))
         self.bar.set_postfix_str(f"evaluating {name}")
         start = time.time()
-        loaded = self.b.load_model(ref)
+        loaded = self.b.load_model(ref, **self.load_options)
         for cell in pending:
             self._evaluate_cell(loaded, cell)
             done.add(cell.key)

@@ -50,13 +50,13 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
     from accelerate import Accelerator
 
     out = Path(cfg.out)
-    accelerator = Accelerator()
+    accelerator = Accelerator(**_placement(cfg))
     if resume and _sharded(accelerator):
         raise GenftError("--resume needs the whole optimizer state in one process (single "
                          "process or DDP); FSDP and DeepSpeed shard it")
     tasks = registry(tuple(cfg.include)).select(cfg.tasks)
     pools = [train_pool(t, cfg.train_size) for t in tasks]
-    loaded = loaded or load_model(cfg.model)
+    loaded = loaded or load_model(cfg.model, training=True)
     _check_inputs(cfg, tasks, loaded, out, accelerator)
     finished = _claim(out, cfg, resume, accelerator)
     if finished:
@@ -122,7 +122,9 @@ class _Run:
         self.tokenizer = loaded.tokenizer
         self.lm = loaded.model
         self.lm.train()
-        self.prompts = (make_prompts(cfg, tasks, self.lm, resolve(cfg.model))
+        if cfg.gradient_checkpointing:
+            _checkpoint_activations(self.lm)
+        self.prompts = (make_prompts(cfg, tasks, self.lm, resolve(cfg.model.name))
                         if uses_prompts(cfg) else None)
         self.progress = progress and accelerator.is_main_process
         self.world = accelerator.num_processes
@@ -183,7 +185,8 @@ class _Run:
             inputs = collate([examples[i] for i in batch], self.tokenizer.pad_token_id)
             n_tokens += sum(len(examples[i].input_ids) for i in batch)
             last_micro_batch = j == len(mine) - 1
-            with nullcontext() if last_micro_batch else self.acc.no_sync(self.wrapped):
+            with nullcontext() if last_micro_batch else self.acc.no_sync(self.wrapped), \
+                    self.autocast():
                 loss_sum = self.wrapped(**{k: v.to(self.acc.device) for k, v in inputs.items()})
                 self.acc.backward(loss_sum * (self.world / n_answer))
             total_loss += loss_sum.detach()
@@ -196,6 +199,13 @@ class _Run:
         loss = (self.acc.reduce(total_loss, "sum") / n_answer).item()
         tokens = self.acc.reduce(torch.tensor(n_tokens, device=self.acc.device), "sum").item()
         return loss, int(tokens)
+
+    def autocast(self):
+        """bf16 compute with float32 weights (``mixed_precision: bf16``). Done here rather than by
+        ``Accelerator(mixed_precision=...)``: accelerate fixes that once per process, and one
+        `genft run` trains jobs with and without it."""
+        return torch.autocast(self.acc.device.type, dtype=torch.bfloat16,
+                              enabled=self.cfg.mixed_precision == "bf16")
 
     def _schedule(self, stage: Stage, examples):
         """(number of optimizer steps, step -> list of global micro-batches)."""
@@ -219,7 +229,8 @@ class _Run:
                    if self.prompts is not None else None)
         if self.acc.is_main_process:
             weights = {"full": "full", "lora": "lora", "frozen": "base"}[stage.model]
-            meta = {"base_model": self.cfg.model, "method": self.cfg.method,
+            revision = {"base_revision": self.cfg.model.revision} if self.cfg.model.revision else {}
+            meta = {"base_model": self.cfg.model.name, **revision, "method": self.cfg.method,
                     "tasks": [t.name for t in self.tasks], "stage": stage.name, "step": step,
                     "train_config": self.cfg.identity()}
             ckpt.write_checkpoint(path, lm_state=lm_state, lm=self.acc.unwrap_model(self.wrapped).lm,
@@ -298,7 +309,7 @@ class _BestOnDev:
     def check(self, step: int) -> None:
         module = self.run.acc.unwrap_model(self.run.wrapped)
         total, count = 0.0, 0
-        with torch.no_grad():
+        with torch.no_grad(), self.run.autocast():
             for b in range(0, len(self.examples), self.run.cfg.batch_size):
                 batch = self.examples[b:b + self.run.cfg.batch_size]
                 inputs = collate(batch, self.run.tokenizer.pad_token_id)
@@ -317,6 +328,28 @@ class _BestOnDev:
         with torch.no_grad():
             for prompt, best in zip(self.run.prompts, self.best):
                 prompt.embedding.weight.copy_(best)
+
+
+def _checkpoint_activations(lm) -> None:
+    """Recompute each decoder layer's activations in the backward pass. Non-reentrant, so it
+    is also right when the embeddings are frozen (LoRA, prompt tuning). transformers 5.2x
+    renamed gradient_* to activation_checkpointing_enable; older 5.x has only the former."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(lm, "activation_checkpointing_enable"):
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _placement(cfg: TrainConfig) -> dict:
+    """Accelerator options from the model's device: accelerate takes each process's GPU by
+    itself, so only the CPU chosen over a GPU that is there needs saying."""
+    from genft.models import resolve_device
+
+    device = resolve_device(cfg.model.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # one process on a chosen GPU
+    return {"cpu": True} if device.type == "cpu" and torch.cuda.is_available() else {}
 
 
 def _sharded(accelerator) -> bool:
