@@ -334,9 +334,12 @@ def _checkpoint_activations(lm) -> None:
     """Recompute each decoder layer's activations in the backward pass. Non-reentrant, so it
     is also right when the embeddings are frozen (LoRA, prompt tuning). transformers 5.2x
     renamed gradient_* to activation_checkpointing_enable; older 5.x has only the former."""
+    import inspect
+
     kwargs = {"use_reentrant": False}
-    if hasattr(lm, "activation_checkpointing_enable"):
-        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    new = getattr(lm, "activation_checkpointing_enable", None)
+    if new is not None and "activation_checkpointing_kwargs" in inspect.signature(new).parameters:
+        new(activation_checkpointing_kwargs=kwargs)
     else:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
