@@ -113,7 +113,8 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
               "soft_prompt": soft is not None, "prefix_tokens": inputs.prefix_len,
               "truncated": inputs.n_truncated,
               "data_hash": task.data_hash, "method": loaded.method,
-              "base_model": loaded.base_model, **_versions()},
+              "base_model": loaded.base_model, "dtype": str(model.dtype).removeprefix("torch."),
+              "device": str(model.device), **_versions()},
     )
 
 
