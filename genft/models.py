@@ -103,7 +103,9 @@ class ModelSpec(BaseModel):
         if isinstance(value, cls):
             return value
         try:
-            return cls(name=value) if isinstance(value, str) else cls.model_validate(value)
+            if isinstance(value, (str, os.PathLike)):
+                return cls(name=str(value))
+            return cls.model_validate(value)
         except ValidationError as e:
             err = e.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
@@ -180,15 +182,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device,
-                  training: bool = False) -> torch.dtype:
+def resolve_dtype(dtype: str, device: torch.device, training: bool = False) -> torch.dtype:
     """``auto``: bfloat16 on a GPU that supports it, float32 elsewhere; in training float32
     (the optimizer keeps full-precision weights; ``mixed_precision: bf16`` computes in bf16)."""
     import torch
 
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    dtype = _DTYPE_ALIASES.get(dtype or "auto", dtype or "auto")
+    dtype = _DTYPE_ALIASES.get(dtype, dtype)
     if dtype == "auto":
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if bf16 and not training else torch.float32
@@ -225,7 +224,8 @@ def resolve(name: str) -> str:
     return name
 
 
-def load_model(name: str | ModelSpec = DEFAULT_MODEL, *, dtype: str | torch.dtype | None = None,
+def load_model(name: str | os.PathLike | ModelSpec = DEFAULT_MODEL, *,
+               dtype: str | torch.dtype | None = None,
                device: str | None = None, revision: str | None = None,
                attn_implementation: str | None = None, trust_remote_code: bool | None = None,
                training: bool = False) -> LoadedModel:
@@ -233,14 +233,14 @@ def load_model(name: str | ModelSpec = DEFAULT_MODEL, *, dtype: str | torch.dtyp
     default: on a CPU, float32 as always; see :class:`ModelSpec`). ``name`` may be a spec;
     keyword options override it. ``revision`` applies to a Hub model (or a checkpoint's Hub
     base). Problems become one-line GenftErrors."""
-    spec = ModelSpec.of(name).replace(dtype=dtype if isinstance(dtype, str) else None,
-                                      device=device, revision=revision,
+    if dtype is not None and not isinstance(dtype, str):  # a torch.dtype
+        dtype = str(dtype).removeprefix("torch.")
+    spec = ModelSpec.of(name).replace(dtype=dtype, device=device, revision=revision,
                                       attn_implementation=attn_implementation,
                                       trust_remote_code=trust_remote_code)
     target = resolve_device(spec.device)
-    opts = _Load(resolve_dtype(dtype if dtype is not None and not isinstance(dtype, str)
-                               else spec.dtype, target, training),
-                 target, spec.revision, spec.attn_implementation, spec.trust_remote_code)
+    opts = _Load(resolve_dtype(spec.dtype, target, training), target, spec.revision,
+                 spec.attn_implementation, spec.trust_remote_code)
     return _load(spec.name, opts)
 
 
