@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_serializer, model_validator)
 
 from genft.errors import GenftError
 from genft.models import DEFAULT_MODEL, ModelSpec
@@ -39,6 +40,16 @@ class Training(_Strict):
     mixed_precision: Literal["no", "bf16"] = Field(
         "no", description="bf16: compute in bfloat16 (autocast), keep float32 weights")
     gradient_checkpointing: bool = Field(False, description="less activation memory, slower steps")
+
+    @model_serializer(mode="wrap")
+    def _without_default_speed_keys(self, handler):
+        """The GPU keys are written out only when set, so a config without them dumps (and
+        hashes: the run's config_hash) as it did before they existed."""
+        data = handler(self)
+        for key in ("mixed_precision", "gradient_checkpointing"):
+            if data.get(key) == type(self).model_fields[key].default:
+                del data[key]
+        return data
 
     @model_validator(mode="before")
     @classmethod
