@@ -13,8 +13,26 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 
 
+ECHO_LIMIT = 80  # characters of a user's value echoed back in an error message
+
+
 class GenftError(Exception):
     """A problem with the user's input, described well enough to fix it."""
+
+
+def short(value, limit: int = ECHO_LIMIT, plain: bool = False) -> str:
+    """``repr(value)`` (or ``str`` when ``plain``) cut to ``limit`` characters: an error line
+    echoes what the user wrote, never megabytes of it. The repr of a huge nested value is
+    never built whole (reprlib stops early)."""
+    import reprlib
+
+    if plain:
+        text = str(value)
+    else:
+        r = reprlib.Repr()
+        r.maxlevel, r.maxstring, r.maxother, r.maxlist, r.maxdict = 3, limit, limit, 8, 8
+        text = r.repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 1]}…"
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

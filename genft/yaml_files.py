@@ -3,7 +3,11 @@
 Task YAMLs and experiment configs fail the same ways (missing file, not UTF-8,
 malformed YAML, unknown or misspelled keys, wrong types), and a user should get
 the same kind of answer for each: ``file:line: what is wrong (did you mean …)``.
-YAML is parsed with ``safe_load`` only: config content is data, never code.
+YAML is parsed with a ``yaml.SafeLoader`` only: config content is data, never code. The
+loader also refuses what SafeLoader allows but no config needs: aliases that expand the
+document past a small node budget (an "alias bomb": nine nested anchors are a billion
+values, which pydantic would try to validate and echo), and duplicate keys (YAML says the
+last one wins, silently).
 """
 
 from __future__ import annotations
@@ -15,20 +19,93 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from genft.errors import GenftError, did_you_mean
+from genft.errors import ECHO_LIMIT, GenftError, did_you_mean, short
 
 M = TypeVar("M", bound=BaseModel)
+
+
+ALIAS_BUDGET = 10_000  # values aliases may add to a document; a real config needs a handful
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and alias expansion past ``ALIAS_BUDGET``."""
+
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_alias_expansion(node)
+        return self.construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` is YAML's own override mechanism
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:
+                    continue  # an unhashable key: SafeConstructor reports it
+                if first != key_node.start_mark.line + 1:
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"duplicate key {short(key)} (first at line {first}); "
+                                f"keep one", problem_mark=key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_alias_expansion(root) -> None:
+    """Refuse a document whose aliases would expand it by more than ``ALIAS_BUDGET`` values.
+
+    The composer shares one node object per anchor, so the node graph is a DAG the size of
+    the text; its expanded size (each node counted once per path to it) is computed in
+    linear time with a memo, before anything is constructed or validated."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise yaml.composer.ComposerError(
+                problem="an alias refers to its own anchor (a recursive structure)",
+                problem_mark=node.start_mark)
+        open_nodes.add(id(node))
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        sizes[id(node)] = 1 + sum(size(child) for child in children)
+        open_nodes.discard(id(node))
+        return sizes[id(node)]
+
+    extra = size(root) - len(sizes)
+    if extra > ALIAS_BUDGET:
+        raise yaml.composer.ComposerError(
+            problem=f"aliases expand the document by {extra:,} values, more than the "
+                    f"{ALIAS_BUDGET:,} genft allows (an alias bomb?); write the values out")
+
+
+def parse_yaml(text: str):
+    """``text`` as plain data (SafeLoader, duplicate keys and alias bombs refused)."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_yaml_model(path: Path, model: type[M], what: str) -> M:
     """Read ``path`` as YAML and validate it as ``model``; ``what`` names the expected mapping."""
     text = read_text(path)
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise GenftError(f"{where}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
+        problem = getattr(e, "problem", None) or e
+        raise GenftError(f"{where}: malformed YAML ({problem})") from None
+    except RecursionError:
+        raise GenftError(f"{path}: malformed YAML (nested too deeply)") from None
     if not isinstance(data, dict):
         raise GenftError(f"{path}: expected a mapping of {what} at the top level")
     try:
@@ -67,11 +144,12 @@ def validation_message(path: Path, text: str, err: ValidationError, model: type)
     field_path = ".".join(loc)
     if e["type"] == "extra_forbidden":
         valid = _valid_keys(model, loc[:-1])
-        return f"{where}: unknown key {field_path!r}{did_you_mean(key, valid)}"
+        return f"{where}: unknown key {short(field_path)}{did_you_mean(key, valid)}"
     if e["type"] == "missing":
-        return f"{where}: missing required key {field_path!r}"
-    msg = e["msg"].removeprefix("Value error, ")
-    return f"{where}: {field_path or 'task'}: {msg}" + (f" (got {e['input']!r})" if loc else "")
+        return f"{where}: missing required key {short(field_path)}"
+    msg = short(e["msg"].removeprefix("Value error, "), 4 * ECHO_LIMIT, plain=True)
+    field_name = short(field_path, plain=True) if field_path else "task"
+    return f"{where}: {field_name}: {msg}" + (f" (got {short(e['input'])})" if loc else "")
 
 
 def _line_of(text: str, key: str) -> int | None:

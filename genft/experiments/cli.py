@@ -54,11 +54,16 @@ def cmd_run(args) -> None:
 
 
 def cmd_report(args) -> None:
+    from genft.errors import GenftError
     from genft.experiments.store import Store
     from genft.report import build_report
 
     Store.open_existing(args.dir).close()  # a clear error for a directory without results
-    print(build_report(Path(args.dir)))
+    try:
+        print(build_report(Path(args.dir)))
+    except OSError as e:
+        raise GenftError(f"{args.dir}: cannot write the report ({e.strerror or e}: "
+                         f"{e.filename})") from None
 
 
 def cmd_results(args) -> None:

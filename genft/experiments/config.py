@@ -7,13 +7,14 @@ every key; examples/*.yaml are complete configs.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_serializer, model_validator)
 
-from genft.errors import GenftError
+from genft.errors import GenftError, short
 from genft.models import DEFAULT_MODEL, ModelSpec
 from genft.tasks.demos import SAMPLERS
 from genft.tasks.schema import FORMATS
@@ -22,6 +23,9 @@ from genft.yaml_files import load_yaml_model
 METHODS = ("ft", "fticl", "lora", "prompt-tuning", "promot", "multitask", "joint")
 Method = Literal["ft", "fticl", "lora", "prompt-tuning", "promot", "multitask", "joint"]
 Format = Literal["prompt1", "prompt2"]
+
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # no '/', no '.' or '..', no hidden file
 
 
 class _Strict(BaseModel):
@@ -107,9 +111,16 @@ class Checkpoints(_Strict):
     shots: list[int] | None = Field(None, description="default: the smallest k of each test set")
     formats: list[Format] | None = Field(None, description="default: the first format")
 
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, shots):
+        if any(k < 0 for k in shots or []):
+            raise ValueError("shots must be >= 0")
+        return shots
+
 
 class ExperimentConfig(_Strict):
-    name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field("experiment", description="names the default output folder runs/<name>")
     description: str = ""
     model: ModelSpec = Field(ModelSpec(name=DEFAULT_MODEL),
                              description="a name, or {name, dtype, device, revision, "
@@ -151,6 +162,22 @@ class ExperimentConfig(_Strict):
             if spec.method is None and name not in METHODS:
                 raise ValueError(f"method entry {name!r} needs `method:` (one of {', '.join(METHODS)})")
         return methods
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not PLAIN_NAME.fullmatch(name):
+            raise ValueError("must be a plain name: letters, digits, '_', '.', '-', starting with a "
+                             "letter or digit (it names the output folder runs/<name>)")
+        return name
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, limit):
+        values = limit.values() if isinstance(limit, dict) else [limit] if limit is not None else []
+        if any(n < 1 for n in values):
+            raise ValueError("limit must be at least 1 (null for every test item)")
+        return limit
 
     @field_validator("sampler")
     @classmethod
@@ -201,7 +228,8 @@ def parse_config(config: str | Path | dict | ExperimentConfig) -> tuple[Experime
             return ExperimentConfig.model_validate(config), Path.cwd()
         except ValidationError as e:
             err = e.errors()[0]
-            raise GenftError(f"config: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            msg = short(err["msg"].removeprefix("Value error, "), 320, plain=True)
+            raise GenftError(f"config: {'.'.join(map(str, err['loc']))}: {msg}") from None
     return load_config(config), Path(config).resolve().parent
 
 

@@ -162,6 +162,34 @@ def _add(cells: dict, cfg: ExperimentConfig, model: ModelRef, task: Task, k: int
                                cfg.scoring, limit, cfg.eval_seed, task.data_hash))
 
 
+def validate_plan(plan: Plan) -> None:
+    """Refuse, before any work, what would otherwise fail midway through a run: a shot count
+    beyond a test set's few-shot pool, a train size beyond a training pool, more FTICL or
+    ProMoT demos per input than the training pool holds. Reads every task's records (the run
+    reads them anyway)."""
+    for task_name, k in sorted({(c.task, c.shots) for c in plan.cells}):
+        task = plan.registry.get(task_name)
+        pool = len(task.records("fewshot")) if k > 0 else 0
+        if k > pool:
+            raise GenftError(f"{task.path}: test set {task_name!r} is planned with {k} shots, but "
+                             f"its few-shot pool has only {pool} items (lower `shots` for it)")
+    for job in plan.jobs:
+        demos = {"fticl": "shots", "promot": "promot_shots"}.get(job.method)
+        for name in job.tasks:
+            task = plan.registry.get(name)
+            pool = len(task.records("train"))
+            size = job.train_size if job.train_size is not None else pool
+            if size > pool:
+                raise GenftError(f"{task.path}: train_sizes: {size} is more than task {name!r}'s "
+                                 f"training pool ({pool} items)")
+            default = task.spec.fticl_shots if demos == "shots" else 0
+            k = job.settings.get(demos, default) if demos else 0
+            if k > 0 and k > size - 1:
+                raise GenftError(f"methods.{job.label}: {k} demos per input asked for, but task "
+                                 f"{name!r}'s training pool of size {size} has only "
+                                 f"{max(size - 1, 0)} other items")
+
+
 # ---------------------------------------------------------------- test sets
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from genft.errors import GenftError
 from genft.experiments.store import Store
 
 PERFECT: dict[str, float] = {}  # the evaluator reports every metric in [0, 1] (BLEU / 100 too)
@@ -138,12 +139,15 @@ def export_results(out: str | Path, fmt: str, dest: str | Path | None = None,
                    all_cells: bool = False) -> Path:
     df = load_results(out, all_cells)
     dest = Path(dest) if dest else Path(out) / f"results.{fmt}"
-    if fmt == "csv":
-        df.to_csv(dest, index=False)
-    elif fmt == "json":
-        dest.write_text(json.dumps(json.loads(df.to_json(orient="records")), indent=1))
-    elif fmt == "parquet":
-        df.to_parquet(dest, index=False)
-    else:
-        raise ValueError(fmt)
+    try:
+        if fmt == "csv":
+            df.to_csv(dest, index=False)
+        elif fmt == "json":
+            dest.write_text(json.dumps(json.loads(df.to_json(orient="records")), indent=1))
+        elif fmt == "parquet":
+            df.to_parquet(dest, index=False)
+        else:
+            raise ValueError(fmt)
+    except OSError as e:
+        raise GenftError(f"{dest}: cannot write the results ({e.strerror or e})") from None
     return dest

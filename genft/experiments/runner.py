@@ -25,7 +25,7 @@ from genft import __version__
 from genft.errors import GenftError, check_writable_dir, disk_full_is_one_line
 from genft.experiments.config import ExperimentConfig, parse_config
 from genft.experiments.plan import (Cell, ModelRef, Plan, TrainJob, build_plan, describe,
-                                    stable_hash)
+                                    stable_hash, validate_plan)
 from genft.experiments.store import DB_FILE, OutputLock, Store
 
 LOG_FILE = "genft.log"
@@ -74,6 +74,8 @@ def run_experiment(config, out: str | Path | None = None, *, dry_run: bool = Fal
     if model_options:
         cfg = cfg.model_copy(update={"model": cfg.model.replace(**model_options)})
     if threads is not None:
+        if threads < 1:
+            raise GenftError(f"--threads must be at least 1 (got {threads})")
         import torch
 
         torch.set_num_threads(threads)
@@ -83,6 +85,7 @@ def run_experiment(config, out: str | Path | None = None, *, dry_run: bool = Fal
         done = Store(out / DB_FILE).cell_keys() if (out / DB_FILE).is_file() else set()
         echo(describe(plan, done))
         return RunOutcome(out, plan)
+    validate_plan(plan)  # every shot count and pool size, before the first cell
     check_writable_dir(out)  # an unwritable --out: one line, before anything is trained
     with OutputLock(out), disk_full_is_one_line(out, "training and evaluating"):
         runner = _Runner(plan, out, backends or Backends(), progress, echo)

@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from genft.errors import GenftError
+from genft.errors import GenftError, short
 
 DB_FILE = "results.db"
 LOCK_FILE = ".lock"
@@ -51,20 +51,54 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (cell_key, idx)
 );
 """
+_NOT_JSON = object()
 CELL_COLUMNS = ("key,model_key,model_label,task,family,type,shots,format,sampler,scoring,limit_n,"
                 "seed,metrics,n,seconds,created,run_id,provenance")
 
 
+GENFT_TABLES = ("runs", "checkpoints", "cells", "items")
+MIGRATED = {("runs", "planned"), ("cells", "provenance")}  # columns older stores gain on open
+
+
 class Store:
+    """A results.db. A file that is not genft's, or is damaged (random bytes, truncated, a
+    dropped column, a row whose JSON is not JSON), is one GenftError naming the file, raised
+    by whichever read or write meets it first — so `genft run`, `genft report` and
+    `genft results` all say the same thing. Nothing is written into a foreign database."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        self._add_missing_column("runs", "planned", "TEXT NOT NULL DEFAULT '[]'")  # older stores
-        self._add_missing_column("cells", "provenance", "TEXT")  # stores before cell provenance
+        with self.reading():
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self._refuse_foreign_tables()
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            self._add_missing_column("runs", "planned", "TEXT NOT NULL DEFAULT '[]'")  # older stores
+            self._add_missing_column("cells", "provenance", "TEXT")  # stores before cell provenance
+            self._refuse_missing_columns()
+
+    def _refuse_foreign_tables(self) -> None:
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables -= {t for t in tables if t.startswith("sqlite_")}
+        if tables and not set(GENFT_TABLES) <= tables:
+            self.db.close()
+            raise GenftError(f"{self.path}: not a genft results store (it holds tables "
+                             f"{', '.join(sorted(tables))}); choose another --out") from None
+
+    def _refuse_missing_columns(self) -> None:
+        reference = sqlite3.connect(":memory:")
+        reference.executescript(SCHEMA)
+        for table in GENFT_TABLES:
+            expected = [r[1] for r in reference.execute(f"PRAGMA table_info({table})")]
+            present = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            missing = [c for c in expected if c not in present]
+            if missing:
+                reference.close()
+                raise GenftError(f"{self.path}: not a genft results store, or damaged: table "
+                                 f"{table!r} lacks column(s) {', '.join(missing)}")
+        reference.close()
 
     def _add_missing_column(self, table: str, column: str, decl: str) -> None:
         """Migrate a store written by an older genft in place; its rows are kept as they are."""
@@ -81,6 +115,49 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    @contextmanager
+    def reading(self):
+        """SQLite's own complaints (not a database, malformed image, unable to open, a missing
+        column) become one line naming the file."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise GenftError(f"{self.path}: not a genft results store, or damaged ({e}); "
+                             f"restore it from a copy or move it aside to start afresh") from None
+
+    def _rows(self, query: str, args=()) -> list:
+        with self.reading():
+            return self.db.execute(query, args).fetchall()
+
+    def _json(self, table: str, row, column: str, kind: type | None = None):
+        """One JSON column of a stored row; a value that is not JSON (or not a ``kind``) is
+        a damaged store, named by file, table, row and column."""
+        text = row[column]
+        try:
+            value = json.loads(text) if text is not None else None
+        except (TypeError, ValueError):
+            value = _NOT_JSON
+        if value is _NOT_JSON or (kind is not None and not isinstance(value, kind)):
+            key = row["key"] if "key" in row.keys() else row[0]
+            raise GenftError(f"{self.path}: damaged row in {table} ({key}): {column} is not "
+                             f"{'a JSON ' + kind.__name__ if kind else 'JSON'} "
+                             f"(got {short(text)})")
+        return value
+
+    def _inside_run_folder(self, stored: str) -> Path:
+        """A checkpoint path read from the store, resolved; it must lie inside the store's own
+        folder (a path written elsewhere, or edited into the file, is refused: the store is
+        data, and data does not choose what gets loaded from where)."""
+        root = self.path.parent.resolve()
+        p = Path(stored)
+        if not p.is_absolute():  # old rows: relative to the cwd of the run that wrote them
+            p = Path.cwd() / p if (Path.cwd() / p).resolve().is_relative_to(root) else root / p
+        p = p.resolve()
+        if not p.is_relative_to(root):
+            raise GenftError(f"{self.path}: checkpoint path {short(stored)} lies outside the run "
+                             f"folder {root}; refusing to use it")
+        return p
 
     @contextmanager
     def transaction(self, what: str = "results"):
@@ -102,10 +179,13 @@ class Store:
         was committed before stays intact (SQLite's journal guarantees it)."""
         try:
             yield
-        except sqlite3.OperationalError as e:
+        except sqlite3.DatabaseError as e:
             problem = _storage_problem(e)
             if problem is None:
-                raise
+                if isinstance(e, sqlite3.OperationalError) and "lock" in str(e):
+                    raise
+                raise GenftError(f"{self.path}: not a genft results store, or damaged ({e}) "
+                                 f"while storing {what}") from None
             raise GenftError(f"{self.path}: {problem} while storing {what}; {self._stored_cells()} "
                              f"finished cells are stored intact — free space and run the same "
                              f"command again") from None
@@ -138,16 +218,17 @@ class Store:
                             (time.time(), status, json.dumps(stages), run_id))
 
     def runs(self) -> list[dict]:
-        rows = self.db.execute("SELECT * FROM runs ORDER BY id").fetchall()
-        return [{**dict(r), "config": json.loads(r["config"]), "meta": json.loads(r["meta"]),
-                 "stages": json.loads(r["stages"]), "planned": json.loads(r["planned"])}
-                for r in rows]
+        return [{**dict(r), "config": self._json("runs", r, "config", dict),
+                 "meta": self._json("runs", r, "meta", dict),
+                 "stages": self._json("runs", r, "stages", dict),
+                 "planned": self._json("runs", r, "planned", list)}
+                for r in self._rows("SELECT * FROM runs ORDER BY id")]
 
     # ------------------------------------------------------------ checkpoints
 
     def checkpoint(self, key: str) -> dict | None:
-        row = self.db.execute("SELECT * FROM checkpoints WHERE key = ?", (key,)).fetchone()
-        return _checkpoint_dict(row) if row else None
+        rows = self._rows("SELECT * FROM checkpoints WHERE key = ?", (key,))
+        return self._checkpoint_dict(rows[0]) if rows else None
 
     def add_checkpoint(self, *, key: str, job, step: int | None, path: Path, answer_words: list[str],
                        param_change: dict | None, seconds: float | None, run_id: int | None) -> None:
@@ -160,12 +241,20 @@ class Store:
                  time.time(), run_id))
 
     def checkpoints(self) -> list[dict]:
-        return [_checkpoint_dict(r) for r in self.db.execute("SELECT * FROM checkpoints")]
+        return [self._checkpoint_dict(r) for r in self._rows("SELECT * FROM checkpoints")]
+
+    def _checkpoint_dict(self, row) -> dict:
+        d = dict(row)
+        for k, kind in (("tasks", list), ("settings", dict), ("answer_words", list),
+                        ("param_change", dict)):
+            d[k] = self._json("checkpoints", row, k, kind) if d[k] is not None else None
+        d["path"] = str(self._inside_run_folder(d["path"]))
+        return d
 
     # ------------------------------------------------------------ cells
 
     def cell_keys(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT key FROM cells")}
+        return {r[0] for r in self._rows("SELECT key FROM cells")}
 
     def add_cell(self, cell, record: dict, items: list[dict], run_id: int | None,
                  provenance: dict | None = None) -> None:
@@ -189,20 +278,21 @@ class Store:
                  for i, it in enumerate(items)])
 
     def cells(self) -> list[dict]:
-        rows = self.db.execute("SELECT * FROM cells ORDER BY created").fetchall()
-        return [{**dict(r), "metrics": json.loads(r["metrics"]),
-                 "provenance": json.loads(r["provenance"]) if r["provenance"] else {}} for r in rows]
+        return [{**dict(r), "metrics": self._json("cells", r, "metrics", dict),
+                 "provenance": self._json("cells", r, "provenance", dict) if r["provenance"] else {}}
+                for r in self._rows("SELECT * FROM cells ORDER BY created")]
 
     def items(self, cell_key: str | None = None) -> list[dict]:
         query, args = "SELECT * FROM items", ()
         if cell_key is not None:
             query, args = query + " WHERE cell_key = ?", (cell_key,)
-        rows = self.db.execute(query + " ORDER BY cell_key, idx", args).fetchall()
-        return [{**dict(r), "scores": json.loads(r["scores"]) if r["scores"] else None} for r in rows]
+        rows = self._rows(query + " ORDER BY cell_key, idx", args)
+        return [{**dict(r), "scores": self._json("items", r, "scores") if r["scores"] else None}
+                for r in rows]
 
     def predictions(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for key, pred in self.db.execute("SELECT cell_key, prediction FROM items ORDER BY cell_key, idx"):
+        for key, pred in self._rows("SELECT cell_key, prediction FROM items ORDER BY cell_key, idx"):
             out.setdefault(key, []).append(pred or "")
         return out
 
@@ -222,13 +312,6 @@ def _text(value) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return json.dumps(value)
-
-
-def _checkpoint_dict(row) -> dict:
-    d = dict(row)
-    for k in ("tasks", "settings", "answer_words", "param_change"):
-        d[k] = json.loads(d[k]) if d[k] is not None else None
-    return d
 
 
 class OutputLock:
