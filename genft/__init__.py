@@ -5,7 +5,7 @@ Notebook API (see docs/api.md): ``genft.run``, ``genft.train``, ``genft.evaluate
 ``import genft`` stays fast.
 """
 
-__version__ = "0.1.0"
+from genft._version import __version__
 
 _API = ("run", "train", "evaluate", "load_results", "write_report")
 __all__ = ["__version__", *_API]

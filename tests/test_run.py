@@ -135,7 +135,7 @@ def test_cli_refuses_busy_directory_with_one_line(tmp_path, capsys):
 def _start(cfg: Path, out: Path, sleep: float, report: bool = False) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(HERE / "test_run_fakes.py"), str(cfg), str(out),
                              str(sleep), *(["report"] if report else [])],
-                            env={**os.environ, "PYTHONPATH": str(HERE)})
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])})
 
 
 def _wait_for(pred, proc, timeout=60):

@@ -56,7 +56,9 @@ def test_split_mapping_reads_one_file_per_split(tmp_path):
 
 
 def test_local_task_with_split_mapping_and_roles(tmp_path):
-    write(tmp_path / "tr.jsonl", "jsonl", ROWS * 4)
+    # train texts differ from the test texts: roles are disjoint by text (see the next test)
+    write(tmp_path / "tr.jsonl", "jsonl", [{**r, "text": f"{r['text']} {i}"}
+                                           for i in range(4) for r in ROWS])
     write(tmp_path / "te.jsonl", "jsonl")
     (tmp_path / "t.yaml").write_text("""
 name: local_t
@@ -77,6 +79,48 @@ splits:
     assert task.sizes() == {"test": 3, "fewshot": 4, "train": 8}
     assert [r["output"] for r in task.records("fewshot")] == ["negative", "positive"] * 2
     assert all(r["id"].startswith("train:") for r in task.records("train"))
+
+
+def test_roles_are_disjoint_by_normalized_text_and_removals_are_counted(tmp_path):
+    train = [{"text": f"review {i}", "label": ["negative", "positive"][i % 2]} for i in range(20)]
+    train += [{"text": "  GOOD   film ", "label": "positive"},  # the test text, case and spaces aside
+              {"text": "Bad film", "label": "positive"}]  # another label: still the same text
+    write(tmp_path / "tr.jsonl", "jsonl", train)
+    write(tmp_path / "te.jsonl", "jsonl")
+    (tmp_path / "t.yaml").write_text("""
+name: local_t
+family: sentiment
+type: classification
+source: {kind: local, path: {train: tr.jsonl, test: te.jsonl}}
+fields: {input: text}
+label: {column: label, words: [negative, positive]}
+metrics: [accuracy]
+prompt1: "{{ input }} ->"
+prompt2: "Text: {{ input }}\\nSentiment:"
+splits:
+  test: {split: test}
+  fewshot: {split: train, size: 4}
+  train: {split: train}
+""")
+    task = load_task_file(tmp_path / "t.yaml")
+    from genft.tasks.task import text_key
+
+    keys = {role: {text_key(r, ["input"]) for r in task.records(role)} for role in task.sizes()}
+    assert not keys["test"] & (keys["fewshot"] | keys["train"])
+    assert not keys["fewshot"] & keys["train"]
+    assert task.dropped["duplicate of test"] == 2
+    assert task.sizes() == {"test": 3, "fewshot": 4, "train": 16}
+
+
+def test_bundled_bbc_test_leads_never_occur_in_training(tasks):
+    from genft.tasks.task import text_key
+
+    for name, removed in (("bbc_topic", 31), ("bbc_headline", 14)):
+        task = tasks.get(name)
+        test = {text_key(r, task.spec.fields) for r in task.records("test")}
+        for role in ("fewshot", "dev", "train"):
+            assert not test & {text_key(r, task.spec.fields) for r in task.records(role)}
+        assert task.dropped["duplicate of test"] == removed  # 31 of bbc_topic's 250 test leads
 
 
 def test_package_source_reads_data_shipped_on_pypi(tmp_path):

@@ -1,14 +1,11 @@
 """`genft train` / `genft diff` from the command line: bad input is one line + exit 2;
-the same command runs data-parallel under `accelerate launch` (2 CPU processes, gloo)."""
+the same command runs data-parallel under torchrun (2 CPU processes, gloo)."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
+import pytest
 
 from genft.cli import main
 from genft.models import load_model
@@ -61,25 +58,25 @@ def test_out_dir_holding_another_run_or_other_files(capsys, tmp_path, tiny_model
     assert table.splitlines()[0].split()[:2] == ["module", "params"] and "overall" in table
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_data_parallel_run(tmp_path, tiny_model):  # noqa: F811
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "genft.cli", "train", *TINY_ARGS,
-           "--model", tiny_model, "--steps", "3", "--save-every", "3", "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """`python -m torch.distributed.run --nproc_per_node 2` (gloo): both ranks train one DDP model,
+    and 2 processes x grad_accum 1 train the same model as 1 process x grad_accum 2."""
+    from test_distributed import rank_events, torchrun
+
+    out, log = tmp_path / "ddp", tmp_path / "ranks.jsonl"
+    args = [*TINY_ARGS, "--model", tiny_model, "--steps", "3", "--save-every", "3"]
+    proc = torchrun(["train", *args, "--out", str(out)], log)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    train = [e for e in rank_events(log) if e["event"] == "train"]
+    assert {(e["rank"], e["world_size"]) for e in train} == {(0, 2), (1, 2)}
+    assert all(e["wrapper"] == "DistributedDataParallel" and e["processes"] == 2 for e in train)
     loaded = load_model(str(out / "final"))
     assert loaded.method == "ft"
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3]  # written once (main process), every step
-    # each step's tokens come from both processes: 2 micro-batches of up to 4 items
-    assert all(r["tokens"] > 0 for r in log)
+    log_rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_rows] == [1, 2, 3]  # written once (rank 0), every step
     assert (out / "checkpoints" / "step-000003" / "genft_checkpoint.json").is_file()
+
+    assert main(["train", *args, "--grad-accum", "2", "--out", str(tmp_path / "one")]) == 0
+    one = [json.loads(line) for line in (tmp_path / "one" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in one] == pytest.approx([r["loss"] for r in log_rows], abs=1e-5)
+    assert [r["tokens"] for r in one] == [r["tokens"] for r in log_rows]

@@ -8,7 +8,11 @@ The public names are imported lazily so that ``genft --help`` and the other
 commands do not pay for importing torch.
 """
 
-__all__ = ["CellResult", "evaluate_cell"]
+__all__ = ["CellResult", "evaluate_cell", "SCORING_VERSION"]
+
+# Part of every stored cell's key: bump it when a change to scoring changes results, and
+# every cell is recomputed. ("0.1.0": the value the keys have carried since the first release.)
+SCORING_VERSION = "0.1.0"
 
 
 def __getattr__(name: str):

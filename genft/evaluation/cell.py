@@ -1,19 +1,19 @@
 """Evaluating one cell — (task, shots, format) — on a loaded model.
 
 :func:`evaluate_cell` is the public entry point; ``fast=False`` runs the reference
-scorer instead (tests and the benchmark compare the two). Under ``accelerate
-launch`` the planned batches are dealt round-robin to the processes and the
+scorer instead (tests and the benchmark compare the two). Under a multi-process
+launch (torchrun, srun, accelerate launch; see genft.distributed) the planned batches are dealt round-robin to the processes and the
 results gathered, so every process returns the same, complete CellResult.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from genft import distributed
 from genft.errors import GenftError
 from genft.evaluation import fast, metrics, reference
 from genft.evaluation.batching import auto_batch_size
@@ -80,8 +80,9 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
     if fast_path:
         def run_fast(size: int):
             batches = fast.plan_batches(inputs, size, task.type, first_token)
-            rank, world = rank_world()
+            rank, world = distributed.rank(), distributed.world_size()
             mine = batches[rank::world]
+            distributed.note("eval", task=task.name, batches=len(mine), of=len(batches))
             bar = _bar(progress and rank == 0, len(inputs.items), f"{task.name} {shots}-shot {fmt}")
             on_items = (lambda n: bar.update(n * world)) if bar else (lambda n: None)
             try:
@@ -95,7 +96,7 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
             finally:
                 if bar:
                     bar.close()
-            return size, _gather(raw, world)
+            return size, {i: r for part in distributed.gather_objects(raw) for i, r in part.items()}
 
         size, raw = (_backing_off(run_fast, size) if batch_size == "auto" else run_fast(size))
     else:
@@ -103,15 +104,21 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
 
     items = [_item_record(inputs, i, raw[i], tokenizer, classify) for i in range(len(inputs.items))]
     names = list(dict.fromkeys(metrics.DEFAULTS[task.type] + list(task.spec.metrics)))
-    values = metrics.compute(names, [it["prediction"] for it in items],
-                             [it["gold"] for it in items], inputs.labels)
+    predictions, golds = [it["prediction"] for it in items], [it["gold"] for it in items]
+    refs = [it.references for it in inputs.items]
+    values = metrics.compute(names, predictions, golds, inputs.labels, refs)
+    errors = metrics.standard_errors(names, predictions, golds, inputs.labels, refs, seed)
+    if not classify:  # per-item scores (best match over references) for paired comparisons
+        for name, scores in metrics.item_scores(names, predictions, golds, refs).items():
+            for it, score in zip(items, scores):
+                it.setdefault("scores", {})[name] = score
     return CellResult(
         task=task.name, family=task.family, type=task.type, shots=shots, format=fmt,
         sampler=sampler, scoring=scoring if classify else "greedy", metrics=values, n=len(items),
         seconds=round(time.perf_counter() - start, 3), items=items, model=loaded.name,
         info={"seed": seed, "limit": limit, "batch_size": size, "fast_path": fast_path,
               "soft_prompt": soft is not None, "prefix_tokens": inputs.prefix_len,
-              "truncated": inputs.n_truncated,
+              "truncated": inputs.n_truncated, "se": errors,
               "data_hash": task.data_hash, "method": loaded.method,
               "base_model": loaded.base_model, "dtype": str(model.dtype).removeprefix("torch."),
               "device": str(model.device), **_versions()},
@@ -180,27 +187,6 @@ def _backing_off(run, start: int):
                          "or a device with more memory)") from None
 
 
-def rank_world() -> tuple[int, int]:
-    """This process's rank and the process count (1 unless started by accelerate/torchrun)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    from accelerate import PartialState
-
-    state = PartialState()
-    return state.process_index, state.num_processes
-
-
-def _gather(raw: dict, world: int) -> dict:
-    if world == 1:
-        return raw
-    from accelerate.utils import gather_object
-
-    merged = {}
-    for part in gather_object([raw]):
-        merged.update(part)
-    return merged
-
-
 def _bar(enabled: bool, total: int, desc: str):
     if not enabled:
         return None
@@ -212,7 +198,7 @@ def _bar(enabled: bool, total: int, desc: str):
 def _versions() -> dict:
     import transformers
 
-    from genft import __version__
+    from genft._version import __version__
 
     return {"genft": __version__, "transformers": transformers.__version__,
             "torch": torch.__version__}

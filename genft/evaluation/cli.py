@@ -16,7 +16,7 @@ def register(sub) -> None:
         description="Evaluate a model (a name, a directory, a PEFT adapter or a genft checkpoint) on "
                     "every (task, shots, format) cell. Each finished cell is appended to "
                     "OUT/results.jsonl, its items to OUT/items/; rerunning skips finished cells. "
-                    "Under `accelerate launch` the items are split across processes.")
+                    "Under torchrun/srun (see docs/scaling.md) the items are split across processes.")
     add_include_option(p)
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model to evaluate (default {DEFAULT_MODEL})")
     p.add_argument("--tasks", required=True, metavar="T1,T2|family:F",

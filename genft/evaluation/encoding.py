@@ -46,6 +46,8 @@ class Item:
     context: list[int]  # tokens(prompt)
     continuations: list[list[int]]  # one per label word (classification); empty for generation
     truncated: int = 0  # context tokens cut from the left to fit the model's window
+    references: list[str] | None = None  # other accepted answers (aliases); metrics take the best
+
 
     @property
     def prompt_hash(self) -> str:
@@ -81,7 +83,8 @@ def build_inputs(task, tokenizer, shots: int, fmt: str, sampler: str = "first",
     items = []
     for q, prompt, ctx in zip(tests, prompts, contexts):
         conts = [_continuation(tokenizer, prompt, ctx, separator(prompt) + w) for w in task.labels]
-        items.append(Item(q["id"], prompt, q["output"], ctx, conts))
+        items.append(Item(q["id"], prompt, q["output"], ctx, conts,
+                          references=q.get("references")))
     if window is not None:
         _truncate(items, window, task, tokenizer)
     return CellInputs(items, list(task.labels), shared_prefix_len([it.context for it in items]))

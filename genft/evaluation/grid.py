@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genft.errors import GenftError, check_writable_dir, disk_full_is_one_line
-from genft.evaluation.cell import CellResult, rank_world, evaluate_cell
+from genft import distributed
+from genft.evaluation.cell import CellResult, evaluate_cell
 from genft.tasks.labels import check_label_words
 
 RESULTS_FILE = "results.jsonl"
@@ -68,12 +69,12 @@ def evaluate_grid(loaded, cells: list[Cell], out_dir: str | Path, *, sampler: st
     writability is proved first, so a bad input stops the grid before any cell runs.
     """
     out = Path(out_dir)
-    main = rank_world()[0] == 0
+    main = distributed.is_main()
     for task in {id(c.task): c.task for c in cells}.values():
         check_label_words(task, loaded.tokenizer, scoring)
-    if main:
-        check_writable_dir(out)
-    done = _finished_keys(out / RESULTS_FILE)
+    # rank 0 alone writes, and decides what is missing: every rank evaluates the same cells
+    done = distributed.main_decides(lambda: (check_writable_dir(out),
+                                             _finished_keys(out / RESULTS_FILE))[1])
     results = []
     bar = None
     if progress and main:

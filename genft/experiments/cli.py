@@ -26,6 +26,12 @@ def register(sub) -> None:
                    help="CPU threads for torch (default: torch's choice; on a CPU shared with other "
                         "jobs, 1 can be much faster)")
     add_model_options(p)  # override the config's `model:` options
+    p.add_argument("--executor", choices=("local", "ray"),
+                   help="where jobs run: this process (default; under torchrun/srun every process "
+                        "joins in) or a Ray cluster (overrides the config's `executor:`)")
+    p.add_argument("--ray-address", metavar="HOST:PORT|auto",
+                   help="the Ray cluster to use (default: the config's `ray_address`, else a "
+                        "local Ray instance)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="(re)write the HTML + Markdown report of an output directory",
@@ -49,8 +55,8 @@ def cmd_run(args) -> None:
     from genft.models import model_options
 
     run_experiment(args.config, args.out, dry_run=args.dry_run, progress=not args.no_progress,
-                   report=not args.no_report, threads=args.threads,
-                   model_options=model_options(args))
+                   report=not args.no_report, threads=args.threads, executor=args.executor,
+                   ray_address=args.ray_address, model_options=model_options(args))
 
 
 def cmd_report(args) -> None:

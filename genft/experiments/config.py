@@ -18,10 +18,9 @@ from genft.errors import GenftError, short
 from genft.models import DEFAULT_MODEL, ModelSpec
 from genft.tasks.demos import SAMPLERS
 from genft.tasks.schema import FORMATS
+from genft.training.method_registry import get_method, method_names
 from genft.yaml_files import load_yaml_model
 
-METHODS = ("ft", "fticl", "lora", "prompt-tuning", "promot", "multitask", "joint")
-Method = Literal["ft", "fticl", "lora", "prompt-tuning", "promot", "multitask", "joint"]
 Format = Literal["prompt1", "prompt2"]
 
 
@@ -54,6 +53,7 @@ class Training(_Strict):
             if data.get(key) == type(self).model_fields[key].default:
                 del data[key]
         return data
+    max_truncated_share: float = Field(0.1, ge=0, le=1, description="see docs/training.md")
 
     @model_validator(mode="before")
     @classmethod
@@ -66,15 +66,33 @@ class Training(_Strict):
         return data
 
 
+# TrainConfig fields that every job gets from the grid: in a method entry they would be
+# overwritten, so they are refused with where the value comes from.
+GRID_KEYS = {
+    "tasks": "the jobs' tasks come from `train_tasks`; use `group: all` for one job on all of "
+             "them (multi-task), `group: each` for one job per task",
+    "model": "the model is the config's top-level `model`",
+    "train_size": "training sizes come from the top-level `train_sizes`",
+    "seed": "training seeds come from the top-level `seeds`",
+    "include": "task folders come from the top-level `include`",
+    "out": "checkpoints go under the run's output directory",
+}
+
+
 class MethodSpec(BaseModel):
     """One training method of the grid. ``method`` defaults to the entry's name, so
     ``ft: {}`` is FT and ``ft-low-lr: {method: ft, lr: 1e-4}`` a second FT variant.
+    ``group`` says how the train tasks become jobs (default: the method's own grouping).
     The shared training keys override ``training:``; any other key (``prompt_steps``,
-    ``lora_r``, …) is passed to the trainer's TrainConfig, which validates it."""
+    ``lora_r``, …) is passed to the trainer's TrainConfig, which validates it — except
+    the keys the grid itself sets (GRID_KEYS), which would be silently overwritten."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    method: Method | None = None
+    method: str | None = None
+    group: Literal["each", "all"] | None = Field(
+        None, description="each: one job per train task; all: one job on all train tasks "
+                          "(multi-task); default: the method's grouping (multitask: all)")
     steps: int | None = Field(None, gt=0)
     epochs: float | None = Field(None, gt=0)
     lr: float | None = Field(None, gt=0)
@@ -85,6 +103,16 @@ class MethodSpec(BaseModel):
         None, description="FTICL: demos per training input; a mapping task-or-family -> k when "
                           "it differs per training task (the study's k depends on the family)")
 
+    @field_validator("method")
+    @classmethod
+    def _known(cls, method):
+        if method is not None:
+            try:
+                get_method(method)
+            except GenftError as e:
+                raise ValueError(str(e)) from None
+        return method
+
     @field_validator("shots")
     @classmethod
     def _shots(cls, shots):
@@ -92,6 +120,13 @@ class MethodSpec(BaseModel):
         if any(k < 0 for k in values):
             raise ValueError("shots must be >= 0")
         return shots
+
+    @model_validator(mode="after")
+    def _not_set_by_the_grid(self) -> MethodSpec:
+        for key in self.model_extra or {}:
+            if key in GRID_KEYS:
+                raise ValueError(f"`{key}` cannot be set in a method entry: {GRID_KEYS[key]}")
+        return self
 
     def shots_for(self, task) -> int | None:
         if not isinstance(self.shots, dict):
@@ -119,6 +154,25 @@ class Checkpoints(_Strict):
         return shots
 
 
+class TaskResources(_Strict):
+    """What one Ray task asks for (fractions share a device: ``gpus: 0.5``)."""
+
+    cpus: float = Field(1, ge=0)
+    gpus: float = Field(0, ge=0)
+
+
+class Resources(_Strict):
+    """``executor: ray``: per training job and per model's group of evaluation cells."""
+
+    train: TaskResources = TaskResources()
+    eval: TaskResources = TaskResources()
+    max_retries: int = Field(3, ge=0, description="times Ray reruns a task whose worker died")
+
+
+# where the work runs, not what it computes: left out of the config hash
+EXECUTION_KEYS = {"executor", "ray_address", "resources"}
+
+
 class ExperimentConfig(_Strict):
     name: str = Field("experiment", description="names the default output folder runs/<name>")
     description: str = ""
@@ -144,6 +198,10 @@ class ExperimentConfig(_Strict):
     normalize: Literal["chance", "raw"] = "chance"
     held_out: list[str] | None = Field(
         None, description="test sets of the normalized average (default: the cross-task ones)")
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = Field(None, description="executor ray: HOST:PORT, 'auto', or none "
+                                                      "for a local Ray instance")
+    resources: Resources = Resources()
 
     @field_validator("model", mode="before")
     @classmethod
@@ -159,8 +217,9 @@ class ExperimentConfig(_Strict):
             if name == "base":
                 raise ValueError("`base` is always included (the base model's in-context results "
                                  "are the reference row); remove it from methods")
-            if spec.method is None and name not in METHODS:
-                raise ValueError(f"method entry {name!r} needs `method:` (one of {', '.join(METHODS)})")
+            if spec.method is None and name not in method_names():
+                raise ValueError(f"method entry {name!r} needs `method:` "
+                                 f"(one of {', '.join(method_names())})")
         return methods
 
     @field_validator("name")
@@ -233,5 +292,5 @@ def parse_config(config: str | Path | dict | ExperimentConfig) -> tuple[Experime
     return load_config(config), Path(config).resolve().parent
 
 
-__all__ = ["ExperimentConfig", "Training", "MethodSpec", "Checkpoints", "load_config",
-           "parse_config", "METHODS", "FORMATS"]
+__all__ = ["ExperimentConfig", "Resources", "TaskResources", "EXECUTION_KEYS", "Training",
+           "MethodSpec", "Checkpoints", "load_config", "parse_config", "FORMATS"]

@@ -14,34 +14,25 @@ finds most keys in the store, and editing the config adds only the new keys.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genft import __version__
 from genft.errors import GenftError
+from genft.evaluation import SCORING_VERSION
 from genft.experiments.config import ExperimentConfig
 from genft.tasks.registry import TaskRegistry, registry
 from genft.tasks.task import Task
+from genft.training.config import TrainConfig
+from genft.training.method_registry import get_method, optimizer_steps
 
 NOMINAL_RECORD_TOKENS = 200  # token estimate for a record whose data is not on disk (Hub, offline)
 
 
 def stable_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def scoring_version() -> str:
-    """Version of the scoring code; a change invalidates every stored cell."""
-    try:
-        from genft import evaluation
-
-        return str(getattr(evaluation, "SCORING_VERSION", __version__))
-    except ImportError:
-        return __version__
 
 
 @dataclass(frozen=True)
@@ -99,6 +90,7 @@ class Plan:
     jobs: list[TrainJob]
     tests: list[Task]
     cells: list[Cell]
+    include: tuple[str, ...] = ()  # the registry's task folders (a worker rebuilds it from them)
 
     def cells_of(self, model_key: str) -> list[Cell]:
         return [c for c in self.cells if c.model.key == model_key]
@@ -107,7 +99,11 @@ class Plan:
         return list({c.model.key: c.model for c in self.cells}.values())
 
 
-def build_plan(cfg: ExperimentConfig, config_dir: Path = Path(".")) -> Plan:
+def build_plan(cfg: ExperimentConfig, config_dir: Path = Path("."), world_size: int | None = None
+               ) -> Plan:
+    """``world_size``: the training processes (default: ``WORLD_SIZE``, which torchrun and
+    ``accelerate launch`` set); with ``epochs``, the number of steps depends on it."""
+    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     include = tuple(str((config_dir / p).resolve()) for p in cfg.include)
     reg = registry(include)
     train_tasks = [reg.get(n) for n in cfg.train_tasks]
@@ -115,7 +111,7 @@ def build_plan(cfg: ExperimentConfig, config_dir: Path = Path(".")) -> Plan:
         if not t.has_train:
             raise GenftError(f"train task {t.name!r} has no train split ({t.path})")
     tests = select_tests(cfg, reg, train_tasks)
-    jobs = expand_jobs(cfg, train_tasks, include)
+    jobs = expand_jobs(cfg, train_tasks, include, world_size)
     base = ModelRef(stable_hash({"base": cfg.model.identity()}), "base")
     precision = eval_precision(cfg)
 
@@ -137,7 +133,7 @@ def build_plan(cfg: ExperimentConfig, config_dir: Path = Path(".")) -> Plan:
                 for k in ks:
                     for fmt in fmts:
                         _add(cells, cfg, model, task, k, fmt, precision)
-    return Plan(cfg, reg, base, jobs, tests, list(cells.values()))
+    return Plan(cfg, reg, base, jobs, tests, list(cells.values()), include)
 
 
 def eval_precision(cfg: ExperimentConfig) -> dict:
@@ -157,7 +153,7 @@ def _add(cells: dict, cfg: ExperimentConfig, model: ModelRef, task: Task, k: int
     scoring = cfg.scoring if task.type == "classification" else "greedy"  # generation ignores it
     key = stable_hash({"model": model.key, "task": task.name, "data": task.data_hash, "shots": k,
                        "format": fmt, "sampler": cfg.sampler, "scoring": scoring, "limit": limit,
-                       "seed": cfg.eval_seed, "scoring_version": scoring_version(), **precision})
+                       "seed": cfg.eval_seed, "scoring_version": SCORING_VERSION, **precision})
     cells.setdefault(key, Cell(key, model, task.name, task.family, task.type, k, fmt, cfg.sampler,
                                cfg.scoring, limit, cfg.eval_seed, task.data_hash))
 
@@ -219,13 +215,6 @@ def auto_tests(reg: TaskRegistry, train_tasks: list[Task]) -> list[Task]:
             + [t for t in usable if t.family not in families])
 
 
-def relation(test: Task, train_families: set[str]) -> str:
-    """in-domain, out-of-domain or cross-task, relative to a model's training tasks."""
-    if test.family in train_families:
-        return "in-domain" if test.spec.domain == "in" else "out-of-domain"
-    return "cross-task"
-
-
 def shots_for(cfg: ExperimentConfig, task: Task) -> list[int]:
     if isinstance(cfg.shots, list):
         return list(cfg.shots)
@@ -258,20 +247,26 @@ def _checkpoint_tests(cfg: ExperimentConfig, reg: TaskRegistry, tests: list[Task
 # ---------------------------------------------------------------- training jobs
 
 
-def expand_jobs(cfg: ExperimentConfig, train_tasks: list[Task], include: tuple[str, ...] = ()
-                ) -> list[TrainJob]:
+def expand_jobs(cfg: ExperimentConfig, train_tasks: list[Task], include: tuple[str, ...] = (),
+                world_size: int = 1) -> list[TrainJob]:
+    """One job per method entry × task group × train size × seed. A method entry's
+    ``group`` (default: its method's) puts all train tasks in one group (``all``: one
+    model, e.g. multi-task FT, or multi-task ProMoT with one soft prompt per task) or
+    each in its own (``each``)."""
     jobs = []
     for label, spec in cfg.methods.items():
         method = cfg.method_name(label)
-        groups = [train_tasks] if method == "multitask" else [[t] for t in train_tasks]
+        grouping = spec.group or get_method(method).group
+        groups = [train_tasks] if grouping == "all" else [[t] for t in train_tasks]
         for group in groups:
             for size in cfg.train_sizes:
                 for seed in cfg.seeds:
                     settings = _settings(cfg, label, method, group, size, seed,
                                          include)
-                    key = job_key(settings, label, {t.name: t.data_hash for t in group})
+                    tc = _train_config(settings, label)
+                    key = job_key(tc, {t.name: t.data_hash for t in group})
                     jobs.append(TrainJob(key, label, method, tuple(t.name for t in group), size, seed,
-                                         settings, _total_steps(settings, group)))
+                                         settings, total_steps(tc, group, world_size)))
     return jobs
 
 
@@ -280,7 +275,8 @@ def _settings(cfg: ExperimentConfig, label: str, method: str, task_objs: list[Ta
     tasks = [t.name for t in task_objs]
     spec = cfg.methods[label]
     common = cfg.training.model_dump()
-    overrides = {k: v for k, v in spec.model_dump(exclude={"method"}).items() if v is not None}
+    overrides = {k: v for k, v in spec.model_dump(exclude={"method", "group"}).items()
+                 if v is not None}
     overrides["shots"] = spec.shots_for(task_objs[0]) if len(task_objs) == 1 else spec.shots
     if isinstance(overrides["shots"], dict):
         raise GenftError(f"methods.{label}.shots: a per-task mapping needs one task per job")
@@ -296,39 +292,37 @@ def _settings(cfg: ExperimentConfig, label: str, method: str, task_objs: list[Ta
     return {k: v for k, v in settings.items() if v is not None}  # None: the trainer's default
 
 
-def job_key(settings: dict, label: str, data: dict[str, str] | None = None) -> str:
+def _train_config(settings: dict, label: str) -> TrainConfig:
+    try:
+        return TrainConfig(**settings, out="")
+    except GenftError as e:
+        raise GenftError(f"methods.{label}: {e}") from None
+
+
+def job_key(tc: TrainConfig, data: dict[str, str] | None = None) -> str:
     """Hash of the trainer's complete TrainConfig (defaults included) minus ``out``, and of
     ``data`` (each training task's data hash: the same settings on edited data are a new job)."""
-    try:
-        from genft.training import TrainConfig
-    except ImportError:  # trainer not installed: hash what the config states
-        return stable_hash({**settings, "data": data} if data else settings)
-    try:
-        tc = TrainConfig(**settings, out="")
-    except (GenftError, TypeError, ValueError) as e:
-        raise GenftError(f"methods.{label}: {e}") from None
-    full = dataclasses.asdict(tc) if dataclasses.is_dataclass(tc) else tc.identity()
-    full.pop("out", None)
-    full.pop("include", None)  # where task files live is not what the job computes
+    full = tc.identity()
+    full.pop("include")  # where task files live is not what the job computes
     if data:
         full["data"] = data
     return stable_hash(full)
 
 
-def _total_steps(settings: dict, group: list[Task]) -> int | None:
-    if settings.get("steps"):
-        return settings["steps"]
-    if "epochs" not in settings:
+def total_steps(tc: TrainConfig, group: list[Task], world_size: int = 1) -> int | None:
+    """The optimizer steps of the job's last stage (the one intermediate checkpoints follow),
+    counted as the trainer counts them; None when the training set's size is unknown
+    before loading it (a Hub task trained on all its rows)."""
+    last = get_method(tc.method).stages(tc, group)[-1]
+    if last.steps:
+        return last.steps
+    if tc.train_size is not None:
+        n_examples = tc.train_size * len(group)
+    elif any(t.spec.source.kind == "hub" for t in group):
         return None
-    size = settings.get("train_size")
-    if size is None:
-        if any(t.spec.source.kind == "hub" for t in group):
-            return None
-        size = sum(len(t.records("train")) for t in group)
-    elif settings["method"] == "multitask":
-        size *= len(group)
-    per_step = settings.get("batch_size", 8) * settings.get("grad_accum", 1)
-    return math.ceil(size * settings["epochs"] / per_step)
+    else:
+        n_examples = sum(len(t.records("train")) for t in group)
+    return optimizer_steps(last, n_examples, tc.batch_size, tc.grad_accum, world_size)
 
 
 def intermediate_steps(cfg: ExperimentConfig, job: TrainJob) -> list[int]:
@@ -356,9 +350,10 @@ def estimate_tokens(plan: Plan) -> dict[str, int]:
         group = [plan.registry.get(n) for n in job.tasks]
         rec = sum(_record_tokens(t) for t in group) / len(group)
         s = job.settings
-        demos = (s.get("shots") or group[0].spec.fticl_shots) if job.method == "fticl" else 0
+        method = get_method(job.method)
+        demos = (s.get("shots") or group[0].spec.fticl_shots) if method.demos else 0
         length = min(rec * (1 + demos), s.get("max_length", 512))
-        stages = 2 if job.method in ("promot",) else 1
+        stages = len(method.stages(TrainConfig(**s, out=""), group))
         per_step = s.get("batch_size", 8) * s.get("grad_accum", 1)
         training += int((job.total_steps or 0) * per_step * length * stages)
     return {"training": int(training), "evaluation": int(evaluation)}

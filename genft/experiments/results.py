@@ -3,17 +3,26 @@
 Besides the metrics the evaluator stored, every generation cell gets two derived
 ones computed from its per-item predictions:
 
-* ``label_answer_rate`` — format specialization: the share of predictions whose
-  normalized text (lower-cased, stripped of surrounding whitespace and
-  punctuation) is exactly one of the training tasks' label words. For a trained
-  model the words are its own training tasks'; for the base model, those of every
-  classification task trained in the experiment (its reference rate).
+* ``label_answer_rate`` — format specialization, *loose*: the share of predictions whose
+  first word is one of the training tasks' label words. The answer is cut at its first
+  blank line, and the first word is lower-cased and stripped of surrounding punctuation,
+  so "Negative sentiment", "negative.\n### Input…" and "POSITIVE!" all count.
+* ``label_answer_rate_strict`` — the same, but the whole normalized answer (lower-cased,
+  stripped of surrounding whitespace and punctuation) must be exactly a label word.
+  For a trained model the words are its own training tasks'; for the base model, those
+  of every classification task trained in the experiment (its reference rate).
 * ``empty_answer_rate`` — the share of empty predictions.
 
 The primary metric of a test set (its task YAML's first metric) also gets
-``normalized``: (score − chance) / (perfect − chance) × 100, chance = 1/number of
-labels for classification and 0 for generation (or score / perfect × 100 when
-the config says ``normalize: raw``).
+``normalized``: (score − chance) / (perfect − chance) × 100 (or score / perfect × 100
+when the config says ``normalize: raw``). Chance is the task's ``chance:`` if its YAML
+sets one, else 1 / the number of gold classes present in the test split for
+classification, 0 for generation. Stores written before the chance was recorded fall
+back to 1 / the number of label words.
+
+``se`` is the standard error of ``value`` (:mod:`genft.stats`): binomial for accuracy,
+exact match and the rates, bootstrap over items for ROUGE-L, BLEU, token F1 and macro-F1;
+``normalized`` rows scale it like the value. NaN for cells stored by a genft that kept none.
 
 Provenance columns: ``data_hash`` (the test data the cell read), ``config_hash`` (the
 experiment config of the run that computed it) and ``truncated`` (items whose prompt was
@@ -23,6 +32,7 @@ cut to the model's window); empty for cells stored by an older genft.
 from __future__ import annotations
 
 import json
+import math
 import string
 from pathlib import Path
 
@@ -30,20 +40,33 @@ import pandas as pd
 
 from genft.errors import GenftError
 from genft.experiments.store import Store
+from genft.stats import binomial_se, paired_bootstrap
 
 PERFECT: dict[str, float] = {}  # the evaluator reports every metric in [0, 1] (BLEU / 100 too)
-DERIVED = ("label_answer_rate", "empty_answer_rate")
+DERIVED = ("label_answer_rate", "label_answer_rate_strict", "empty_answer_rate")
+_EDGES = string.punctuation + string.whitespace
 
 
 def normalize_answer(text: str) -> str:
-    return (text or "").strip().strip(string.punctuation + string.whitespace).lower()
+    return (text or "").strip().strip(_EDGES).lower()
 
 
-def label_answer_rate(predictions: list[str], words: list[str]) -> float | None:
+def first_word(text: str) -> str:
+    """The answer's first word, as the loose label-answer rate reads it: the text up to its
+    first blank line, first whitespace-separated word, punctuation stripped, lower-cased."""
+    words = (text or "").split("\n\n", 1)[0].split()
+    return words[0].strip(_EDGES).lower() if words else ""
+
+
+def label_answer_rate(predictions: list[str], words: list[str], strict: bool = False
+                      ) -> float | None:
+    """Share of predictions that are a label word: the first word (loose) or the whole
+    normalized answer (``strict``)."""
     if not predictions or not words:
         return None
     targets = {w.lower() for w in words}
-    return sum(normalize_answer(p) in targets for p in predictions) / len(predictions)
+    read = normalize_answer if strict else first_word
+    return sum(read(p) in targets for p in predictions) / len(predictions)
 
 
 def empty_answer_rate(predictions: list[str]) -> float | None:
@@ -52,11 +75,28 @@ def empty_answer_rate(predictions: list[str]) -> float | None:
     return sum(not (p or "").strip() for p in predictions) / len(predictions)
 
 
+def relation(test_family: str, test_domain: str | None, train_families: set) -> str:
+    """A test set's relation to a model, from the model's training tasks' families:
+    in-domain (same family, task ``domain: in``), out-of-domain (same family, ``domain: out``)
+    or cross-task (another family)."""
+    if test_family in train_families:
+        return "in-domain" if (test_domain or "in") == "in" else "out-of-domain"
+    return "cross-task"
+
+
+def chance_level(metric: str, task: dict) -> float:
+    """The task's recorded chance (its ``chance:`` or 1 / gold classes in the test split);
+    stores from before it was recorded: 1 / label words (classification), else 0."""
+    if task.get("chance") is not None:
+        return float(task["chance"]) * PERFECT.get(metric, 1.0)
+    if task.get("type") == "classification" and task.get("labels"):
+        return PERFECT.get(metric, 1.0) / len(task["labels"])
+    return 0.0
+
+
 def normalized_score(value: float, metric: str, task: dict, mode: str = "chance") -> float:
     perfect = PERFECT.get(metric, 1.0)
-    chance = 0.0
-    if mode == "chance" and task.get("type") == "classification" and task.get("labels"):
-        chance = perfect / len(task["labels"])
+    chance = chance_level(metric, task) if mode == "chance" else 0.0
     return (value - chance) / (perfect - chance) * 100
 
 
@@ -73,7 +113,7 @@ def load_results(out: str | Path, all_cells: bool = False) -> pd.DataFrame:
 COLUMNS = ["cell_key", "model_key", "model", "method", "train_tasks", "train_size", "train_seed",
            "step", "test_task", "test_family", "test_type", "test_domain", "relation", "shots",
            "format", "sampler", "scoring", "limit", "eval_seed", "n", "truncated", "seconds",
-           "data_hash", "config_hash", "metric", "value", "primary", "normalized"]
+           "data_hash", "config_hash", "metric", "value", "se", "primary", "normalized"]
 
 
 def _table(store: Store, all_cells: bool = False) -> pd.DataFrame:
@@ -95,12 +135,7 @@ def _table(store: Store, all_cells: bool = False) -> pd.DataFrame:
         task = tasks.get(cell["task"], {"family": cell["family"], "type": cell["type"]})
         train_tasks = ck["tasks"] if ck else []
         train_families = {tasks.get(t, {}).get("family") for t in train_tasks}
-        if ck is None:
-            rel = None
-        elif cell["family"] in train_families:
-            rel = "in-domain" if task.get("domain", "in") == "in" else "out-of-domain"
-        else:
-            rel = "cross-task"
+        rel = relation(cell["family"], task.get("domain"), train_families) if ck else None
         base = {
             "cell_key": cell["key"], "model_key": cell["model_key"], "model": cell["model_label"],
             "method": ck["method"] if ck else "base", "train_tasks": "+".join(train_tasks) or None,
@@ -118,21 +153,59 @@ def _table(store: Store, all_cells: bool = False) -> pd.DataFrame:
         metrics = {k: v for k, v in cell["metrics"].items() if isinstance(v, (int, float))}
         if primary not in metrics and metrics:
             primary = next(iter(metrics))
+        errors = dict(prov.get("info", {}).get("se") or {})
         if cell["type"] == "generation":
             p = preds.get(cell["key"], [])
-            metrics["label_answer_rate"] = label_answer_rate(p, ck["answer_words"] if ck else all_words)
+            words = ck["answer_words"] if ck else all_words
+            metrics["label_answer_rate"] = label_answer_rate(p, words)
+            metrics["label_answer_rate_strict"] = label_answer_rate(p, words, strict=True)
             metrics["empty_answer_rate"] = empty_answer_rate(p)
+            for name in DERIVED:
+                if metrics[name] is not None:
+                    errors[name] = binomial_se(metrics[name], len(p))
         for metric, value in metrics.items():
             if value is None:
                 continue
             is_primary = metric == primary
-            rows.append({**base, "metric": metric, "value": float(value), "primary": is_primary,
-                         "normalized": normalized_score(value, metric, task, mode) if is_primary
-                         else None})
+            se = errors.get(metric)
+            se = math.nan if se is None else float(se)
+            normalized = normalized_score(value, metric, task, mode) if is_primary else None
+            rows.append({**base, "metric": metric, "value": float(value), "se": se,
+                         "primary": is_primary, "normalized": normalized})
     df = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("train_size", "train_seed", "step", "limit", "truncated"):
         df[col] = df[col].astype("Int64")
     return df
+
+
+def item_scores(store: Store, cell_key: str, metric: str) -> dict[str, float]:
+    """One cell's per-item scores by item id: correctness for accuracy (classification),
+    else the per-item score the evaluator stored (best match over references)."""
+    out = {}
+    for it in store.items(cell_key):
+        if metric == "accuracy":
+            out[it["item_id"]] = float(it["prediction"] == it["gold"])
+        elif isinstance(it["scores"], dict) and metric in it["scores"]:
+            out[it["item_id"]] = float(it["scores"][metric])
+    return out
+
+
+def paired_comparison(out: str | Path | Store, cell_a: str, cell_b: str, metric: str, *,
+                      seed: int = 0, n_boot: int = 1000) -> dict:
+    """Cell ``a`` (e.g. a method) vs cell ``b`` (e.g. the base model) on the items both
+    scored, matched by item id: ``{"diff", "se", "p_value", "n"}`` (a − b; paired bootstrap).
+    Only metrics that are a mean over items pair up (accuracy, exact_match, rouge_l,
+    token_f1); for others ``n`` is 0 and the numbers NaN."""
+    store = out if isinstance(out, Store) else Store.open_existing(out)
+    try:
+        a, b = item_scores(store, cell_a, metric), item_scores(store, cell_b, metric)
+    finally:
+        if store is not out:
+            store.close()
+    shared = sorted(set(a) & set(b))
+    diff, se, p = paired_bootstrap([a[i] for i in shared], [b[i] for i in shared], seed=seed,
+                                   n_boot=n_boot)
+    return {"diff": diff, "se": se, "p_value": p, "n": len(shared)}
 
 
 def export_results(out: str | Path, fmt: str, dest: str | Path | None = None,

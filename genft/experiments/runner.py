@@ -15,18 +15,22 @@ import platform
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from tqdm.auto import tqdm
 
-from genft import __version__
+from genft import distributed
+from genft._version import __version__
 from genft.errors import GenftError, check_writable_dir, disk_full_is_one_line
-from genft.experiments.config import ExperimentConfig, parse_config
+from genft.experiments.config import EXECUTION_KEYS, ExperimentConfig, parse_config
+from genft.experiments.executors import Unit, make_executor
 from genft.experiments.plan import (Cell, ModelRef, Plan, TrainJob, build_plan, describe,
                                     stable_hash, validate_plan)
 from genft.experiments.store import DB_FILE, OutputLock, Store
+from genft.training.checkpoint import step_dir
 
 LOG_FILE = "genft.log"
 
@@ -65,11 +69,16 @@ def default_out(cfg: ExperimentConfig) -> Path:
 
 def run_experiment(config, out: str | Path | None = None, *, dry_run: bool = False,
                    progress: bool = True, report: bool = True, backends: Backends | None = None,
-                   threads: int | None = None, echo: Callable[[str], None] = print,
+                   threads: int | None = None, executor: str | None = None,
+                   ray_address: str | None = None, echo: Callable[[str], None] = print,
                    model_options: dict | None = None) -> RunOutcome:
     """Run (or resume) a grid; ``threads`` sets torch's CPU threads (on a CPU shared with
-    other jobs, 1 thread can be several times faster than oversubscribed cores);
-    ``model_options`` (dtype, device, revision, ...) override the config's ``model:``."""
+    other jobs, 1 thread can be several times faster than oversubscribed cores).
+    ``executor``/``ray_address`` override the config's (see genft.experiments.executors);
+    ``model_options`` (dtype, device, revision, ...) override the config's ``model:``.
+
+    Under torchrun/srun every process calls this: rank 0 alone holds the lock, writes the
+    store and the report; the others train and evaluate alongside it."""
     cfg, cfg_dir = parse_config(config)
     if model_options:
         cfg = cfg.model_copy(update={"model": cfg.model.replace(**model_options)})
@@ -86,108 +95,163 @@ def run_experiment(config, out: str | Path | None = None, *, dry_run: bool = Fal
         echo(describe(plan, done))
         return RunOutcome(out, plan)
     validate_plan(plan)  # every shot count and pool size, before the first cell
-    check_writable_dir(out)  # an unwritable --out: one line, before anything is trained
-    with OutputLock(out), disk_full_is_one_line(out, "training and evaluating"):
-        runner = _Runner(plan, out, backends or Backends(), progress, echo)
+    where = make_executor(executor or ("ray" if ray_address else cfg.executor),
+                          ray_address or cfg.ray_address, cfg.resources)
+    echo = echo if distributed.is_main() else (lambda line: None)
+    with _exclusive(out), disk_full_is_one_line(out, "training and evaluating"):
+        runner = _Runner(plan, out, backends or Backends(), progress and distributed.is_main(),
+                         echo, where)
         runner.execute()
         outcome = RunOutcome(out, plan, runner.computed, runner.trained)
-    if report:
+    if report and distributed.is_main():
         from genft.report import build_report
 
         with disk_full_is_one_line(out, "writing the report"):
             outcome.report = build_report(out)
         echo(f"report: {outcome.report}")
+    distributed.barrier()  # no rank leaves (and tears the process group down) before the report
     return outcome
 
 
+@contextmanager
+def _exclusive(out: Path):
+    """Rank 0 proves ``out`` writable and takes OUT/.lock for the whole run; its refusal
+    (one line) reaches every rank, so all stop the same way."""
+    lock = OutputLock(out)
+
+    def take() -> None:
+        check_writable_dir(out)  # an unwritable --out: one line, before anything is trained
+        lock.__enter__()
+
+    distributed.main_decides(take)
+    try:
+        yield
+    finally:
+        if distributed.is_main():
+            lock.__exit__(None, None, None)
+
+
 class _Runner:
-    def __init__(self, plan: Plan, out: Path, backends: Backends, progress: bool, echo):
+    """Decides what runs (what the store lacks) and records each result; the executor decides
+    where it runs. On ranks other than 0 (torchrun/srun) there is no store: rank 0 decides,
+    and those ranks only join the collective training and evaluation."""
+
+    def __init__(self, plan: Plan, out: Path, backends: Backends, progress: bool, echo, executor):
         self.plan, self.out, self.b, self.progress, self.echo = plan, out, backends, progress, echo
-        self.store = Store(out / DB_FILE)
-        self.log = _file_logger(out / LOG_FILE)
+        self.executor = executor
+        self.store = Store(out / DB_FILE) if distributed.is_main() else None
+        self.log = _file_logger(out / LOG_FILE) if distributed.is_main() else logging.getLogger("genft.rank")
         self.stages: dict[str, float] = defaultdict(float)
-        self.config_hash = stable_hash(plan.config.model_dump())
+        self.config_hash = stable_hash(plan.config.model_dump(exclude=EXECUTION_KEYS))
         spec = plan.config.model.model_dump()  # the name alone while every option is a default
         self.load_options = {k: v for k, v in spec.items() if k != "name"} if isinstance(spec, dict) else {}
         self.computed = self.trained = 0
+        self.run_id = None
 
     def execute(self) -> None:
         cfg = self.plan.config
-        self.store.mark_killed_runs()  # we hold the lock: no other run is alive
-        meta = {**run_metadata(), "tasks": task_info(self.plan)}
-        run_id = self.store.start_run(cfg.model_dump(), meta, [c.key for c in self.plan.cells])
-        self.run_id = run_id
-        done = self.store.cell_keys()
+        if self.store:
+            self.store.mark_killed_runs()  # we hold the lock: no other run is alive
+            meta = {**run_metadata(), "tasks": task_info(self.plan)}
+            self.run_id = self.store.start_run(cfg.model_dump(), meta,
+                                               [c.key for c in self.plan.cells])
         planned = {c.key for c in self.plan.cells}
-        self.log.info("run %d: %d cells planned, %d already stored, %d training jobs", run_id,
+        done, trained = distributed.main_decides(self._stored)
+        self.log.info("run %s: %d cells planned, %d already stored, %d training jobs", self.run_id,
                       len(planned), len(planned & done), len(self.plan.jobs))
         self.bar = tqdm(total=len(planned), initial=len(planned & done), desc="cells", unit="cell",
                         position=0, disable=not self.progress, dynamic_ncols=True)
         status = "failed"
         try:
-            self._evaluate(self.plan.base, cfg.model.name, done)
+            units = self._eval_units(self.plan.base, cfg.model.name, done)
             for job in self.plan.jobs:
-                final = self._ensure_trained(job)
-                self._evaluate(ModelRef(job.key, job.label, job), str(final), done)
-                for model in self._intermediate_models(job):
-                    path = self._intermediate_path(job, model.step)
-                    if path is None:
-                        self.log.warning("%s: no checkpoint for step %d; its cells are skipped",
-                                         job.label, model.step)
-                        continue
-                    self._register_intermediate(job, model, path)
-                    self._evaluate(model, str(path), done)
+                units += self._job_units(job, trained.get(job.key), done)
+            self.executor.run(units)
             status = "finished"
         except KeyboardInterrupt:
             status = "interrupted"
             raise
         finally:
             self.bar.close()
-            try:
-                self.store.finish_run(run_id, status, dict(self.stages))
-            except GenftError:
-                if status == "finished":
-                    raise
-                # the error already on its way out says more; the run stays 'running' and
-                # the next run marks it 'killed'
-            finally:
-                self.log.info("run %d %s: %d cells computed, %d jobs trained", run_id, status,
-                              self.computed, self.trained)
-                self.store.close()
+            self._finish(status)
+
+    def _stored(self) -> tuple[set[str], dict[str, str]]:
+        """(stored cell keys, job key -> its stored final checkpoint that is still on disk)."""
+        trained = {}
+        for job in self.plan.jobs:
+            row = self.store.checkpoint(job.key)
+            if row is not None and Path(row["path"]).is_dir():
+                trained[job.key] = row["path"]
+        return self.store.cell_keys(), trained
+
+    def _finish(self, status: str) -> None:
+        if not self.store:
+            return
+        try:
+            self.store.finish_run(self.run_id, status, dict(self.stages))
+        except GenftError:
+            if status == "finished":
+                raise
+            # the error already on its way out says more; the run stays 'running' and
+            # the next run marks it 'killed'
+        finally:
+            self.log.info("run %d %s: %d cells computed, %d jobs trained", self.run_id, status,
+                          self.computed, self.trained)
+            self.store.close()
 
     # ------------------------------------------------------------ training
 
-    def _ensure_trained(self, job: TrainJob) -> Path:
-        row = self.store.checkpoint(job.key)
-        if row is not None and Path(row["path"]).is_dir():
-            return Path(row["path"])
+    def _job_units(self, job: TrainJob, final: str | None, done: set[str]) -> list[Unit]:
+        """A job already trained goes straight to its evaluations; otherwise one training unit,
+        whose result unlocks them."""
+        steps = [m for m in self._intermediate_models(job) if self._pending(m, done)]
+        if final is not None and not steps:
+            return self._eval_units(ModelRef(job.key, job.label, job), final, done)
         out_dir = job.out_dir(self.out)
         resume = out_dir.exists()
-        self.log.info("training %s on %s (size %s, seed %d)%s -> %s", job.label, "+".join(job.tasks),
-                      job.train_size, job.seed, " [resuming]" if resume else "", out_dir)
-        self.bar.set_postfix_str(f"training {job.label}")
-        start = time.time()
-        cfg = self.b.train_config(**job.settings, out=str(out_dir))
-        final = Path(self.b.train(cfg, progress=self.progress, resume=resume))
-        seconds = time.time() - start
-        self.stages[f"training: {_job_name(job)}"] += seconds
-        self.trained += 1
-        self._add_checkpoint(job, job.key, None, final, seconds)
-        self.log.info("trained %s in %.1f s -> %s", job.label, seconds, final)
-        return final
+        if final is None:
+            self.log.info("training %s on %s (size %s, seed %d)%s -> %s", job.label,
+                          "+".join(job.tasks), job.train_size, job.seed,
+                          " [resuming]" if resume else "", out_dir)
+        registered = distributed.main_decides(
+            lambda: {m.key for m in steps if self.store.checkpoint(m.key) is not None})
+        args = (self.b, job, final, str(out_dir), resume, self.plan.config.model,
+                [(m.key, m.step, m.key not in registered) for m in steps],
+                self.progress and self.executor.in_process)
+        return [Unit("train", train_job, args, lambda r: self._trained(job, r, done),
+                     label=_job_name(job))]
 
-    def _add_checkpoint(self, job: TrainJob, key: str, step: int | None, path: Path,
-                        seconds: float | None) -> None:
-        start = time.time()
-        try:
-            change = self.b.param_change(self.plan.config.model, str(path))
-        except Exception as e:  # statistics are a report extra; never lose a trained model over them
-            self.log.warning("parameter-change statistics failed for %s: %s", path, e)
-            change = None
-        self.stages["parameter statistics"] += time.time() - start
-        self.store.add_checkpoint(key=key, job=job, step=step, path=path,
+    def _trained(self, job: TrainJob, result: TrainedJob, done: set[str]) -> list[Unit]:
+        """Record a job's checkpoints (final, then intermediate); return its evaluations."""
+        if result.seconds is not None:
+            self.stages[f"training: {_job_name(job)}"] += result.seconds
+            self.trained += 1
+            self.log.info("trained %s in %.1f s -> %s", job.label, result.seconds, result.final)
+        self.stages["parameter statistics"] += result.stats_seconds
+        if self.store:
+            if result.seconds is not None:
+                self._add_checkpoint(job, job.key, None, result.final, result.final_change,
+                                     result.seconds)
+            for key, step, path, change in result.intermediate:
+                self._add_checkpoint(job, key, step, path, change, None)
+        units = self._eval_units(ModelRef(job.key, job.label, job), result.final, done)
+        paths = dict(result.paths)
+        for model in self._intermediate_models(job):
+            if not self._pending(model, done):
+                continue
+            if model.step not in paths:
+                self.log.warning("%s: no checkpoint for step %d; its cells are skipped",
+                                 job.label, model.step)
+                continue
+            units += self._eval_units(model, paths[model.step], done)
+        return units
+
+    def _add_checkpoint(self, job: TrainJob, key: str, step: int | None, path: str,
+                        change: dict | None, seconds: float | None) -> None:
+        self.store.add_checkpoint(key=key, job=job, step=step, path=Path(path),
                                   answer_words=self._answer_words(job), param_change=change,
-                                  seconds=seconds, run_id=self.run_id)
+                                  seconds=seconds, run_id=self.run_id,
+                                  truncation=_checkpoint_meta(path).get("truncation"))
 
     def _answer_words(self, job: TrainJob) -> list[str]:
         """The label words of the job's classification tasks (format specialization targets)."""
@@ -201,48 +265,139 @@ class _Runner:
                   if c.model.job is not None and c.model.job.key == job.key and c.model.step is not None}
         return sorted(models.values(), key=lambda m: m.step)
 
-    def _intermediate_path(self, job: TrainJob, step: int) -> Path | None:
-        path = job.out_dir(self.out) / "checkpoints" / f"step-{step:06d}"
-        return path if path.is_dir() else None
-
-    def _register_intermediate(self, job: TrainJob, model: ModelRef, path: Path) -> None:
-        if self.store.checkpoint(model.key) is None:
-            self._add_checkpoint(job, model.key, model.step, path, None)
+    def _pending(self, model: ModelRef, done: set[str]) -> list[Cell]:
+        return [c for c in self.plan.cells_of(model.key) if c.key not in done]
 
     # ------------------------------------------------------------ evaluation
 
-    def _evaluate(self, model: ModelRef, ref: str, done: set[str]) -> None:
-        pending = [c for c in self.plan.cells_of(model.key) if c.key not in done]
+    def _eval_units(self, model: ModelRef, ref: str, done: set[str]) -> list[Unit]:
+        pending = self._pending(model, done)
         if not pending:
-            return
+            return []
         name = model.label + (f"@{model.step}" if model.step is not None else "")
         if model.job is not None:
             name += f" ({'+'.join(model.job.tasks)})"
-        self.log.info("evaluating %s: %d cells", name, len(pending))
-        self.bar.set_postfix_str(f"evaluating {name}")
-        start = time.time()
-        loaded = self.b.load_model(ref, **self.load_options)
-        for cell in pending:
-            self._evaluate_cell(loaded, cell)
-            done.add(cell.key)
-        del loaded
-        self.stages[f"evaluation: {name}"] += time.time() - start
+        args = (self.b, str(ref), pending, tuple(self.plan.include), self.plan.config.eval_batch_size,
+                self.progress and self.executor.in_process, self.load_options)
+        return [Unit("eval", evaluate_model, args, lambda r: self._evaluated(name, r, done),
+                     label=name)]
 
-    def _evaluate_cell(self, loaded, cell: Cell) -> None:
-        cfg = self.plan.config
-        task = self.plan.registry.get(cell.task)
-        result = self.b.evaluate_cell(loaded, task, cell.shots, cell.format,
-                                      progress=self.progress, **cell.eval_kwargs(cfg.eval_batch_size))
+    def _evaluated(self, name: str, evaluated: EvaluatedCell, done: set[str]) -> list[Unit]:
+        cell, result = evaluated.cell, evaluated.result
+        self.stages[f"evaluation: {name}"] += evaluated.seconds
         record = result.to_record()
-        provenance = {"data_hash": cell.data_hash, "config_hash": self.config_hash,
-                      "info": getattr(result, "info", None) or {}}
-        self.store.add_cell(cell, record, result.items, self.run_id, provenance)
+        if self.store:
+            provenance = {"data_hash": cell.data_hash, "config_hash": self.config_hash,
+                          "info": getattr(result, "info", None) or {}}
+            self.store.add_cell(cell, record, result.items, self.run_id, provenance)
+        done.add(cell.key)
         self.computed += 1
         self.bar.update(1)
+        self.bar.set_postfix_str(f"evaluating {name}")
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items()
                             if isinstance(v, (int, float)))
         self.log.info("cell %s: %s %s %d-shot %s n=%d %.1fs %s", cell.key, cell.model.label, cell.task,
                       cell.shots, cell.format, record["n"], record["seconds"], metrics)
+        return []
+
+
+# ---------------------------------------------------------------- the work itself
+# Module-level generators, so an executor can run them in another process or on another
+# machine (Ray pickles them with their arguments); they return results and never touch the store.
+
+
+@dataclass
+class TrainedJob:
+    final: str
+    seconds: float | None  # None: trained by an earlier run
+    final_change: dict | None
+    intermediate: list[tuple[str, int, str, dict | None]]  # (model key, step, path, param change)
+    paths: list[tuple[int, str]]  # every intermediate checkpoint on disk: (step, path)
+    stats_seconds: float = 0.0
+
+
+@dataclass
+class EvaluatedCell:
+    cell: Cell
+    result: object  # CellResult
+    seconds: float  # including the model load, for the first cell of a model
+
+
+def train_job(b: Backends, job: TrainJob, final: str | None, out_dir: str, resume: bool,
+              base_model: str, steps: list[tuple[str, int, bool]], progress: bool
+              ) -> Iterator[TrainedJob]:
+    """Train ``job`` unless ``final`` already exists, then find its intermediate checkpoints
+    ``steps`` (model key, step, needs registering) and compute the parameter-change statistics
+    of what is new. Collective under torchrun: every rank calls it, rank 0 decides."""
+    seconds = None
+    if final is None:
+        start = time.time()
+        cfg = b.train_config(**_per_process(job.settings), out=out_dir)
+        final = str(b.train(cfg, progress=progress, resume=resume))
+        seconds = time.time() - start
+    on_disk = distributed.main_decides(lambda: {
+        step: str(path) for _, step, _ in steps
+        if (path := step_dir(out_dir, step)).is_dir()})
+    start = time.time()
+    change = _param_change(b, base_model, final) if seconds is not None else None
+    intermediate = [(key, step, on_disk[step], _param_change(b, base_model, on_disk[step]))
+                    for key, step, new in steps if new and step in on_disk]
+    yield TrainedJob(final, seconds, change, intermediate, sorted(on_disk.items()),
+                     time.time() - start)
+
+
+def _per_process(settings: dict) -> dict:
+    """The config's global batch (batch_size x grad_accum) split over the processes, so a
+    job trains the same model under torchrun as in one process (and shares its key)."""
+    world, accum = distributed.world_size(), settings.get("grad_accum", 1)
+    if world == 1:
+        return settings
+    if accum % world:
+        raise GenftError(f"training.grad_accum is {accum}, which {world} processes cannot "
+                         f"share; make it a multiple of {world} (each process accumulates "
+                         f"grad_accum / {world} micro-batches, so the global batch stays "
+                         f"batch_size x grad_accum)")
+    return {**settings, "grad_accum": accum // world}
+
+
+def _param_change(b: Backends, base_model: str, path: str) -> dict | None:
+    if not distributed.is_main():
+        return None  # only rank 0 stores them
+    try:
+        return b.param_change(base_model, path)
+    except Exception as e:  # statistics are a report extra; never lose a trained model over them
+        logging.getLogger("genft").warning("parameter-change statistics failed for %s: %s", path, e)
+        return None
+
+
+def evaluate_model(b: Backends, ref: str, cells: list[Cell], include: tuple[str, ...],
+                   batch_size: int, progress: bool, load_options: dict | None = None
+                   ) -> Iterator[EvaluatedCell]:
+    """Load ``ref`` once (with the config's placement/precision ``load_options``) and evaluate
+    each cell, yielding each result as soon as it exists."""
+    from genft.tasks.registry import registry
+
+    start = time.time()
+    loaded = b.load_model(ref, **(load_options or {}))
+    tasks = registry(include)
+    for cell in cells:
+        result = b.evaluate_cell(loaded, tasks.get(cell.task), cell.shots, cell.format,
+                                 progress=progress, **cell.eval_kwargs(batch_size))
+        now = time.time()
+        yield EvaluatedCell(cell, result, now - start)
+        start = now
+
+
+def _checkpoint_meta(path: Path) -> dict:
+    """The trainer's metadata of a checkpoint ({} when there is none to read)."""
+    import json
+
+    from genft.training.checkpoint import CHECKPOINT_FILE
+
+    try:
+        return json.loads((Path(path) / CHECKPOINT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _job_name(job: TrainJob) -> str:
@@ -268,7 +423,7 @@ def task_info(plan: Plan) -> dict:
     for name in sorted(names):
         t = plan.registry.get(name)
         info[name] = {"family": t.family, "type": t.type, "domain": t.spec.domain,
-                      "labels": t.labels, "metrics": list(t.spec.metrics)}
+                      "labels": t.labels, "metrics": list(t.spec.metrics), "chance": t.chance}
     return info
 
 

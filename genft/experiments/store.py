@@ -77,6 +77,7 @@ class Store:
             self.db.executescript(SCHEMA)
             self._add_missing_column("runs", "planned", "TEXT NOT NULL DEFAULT '[]'")  # older stores
             self._add_missing_column("cells", "provenance", "TEXT")  # stores before cell provenance
+            self._add_missing_column("checkpoints", "truncation", "TEXT")  # {shortened, skipped, total}
             self._refuse_missing_columns()
 
     def _refuse_foreign_tables(self) -> None:
@@ -231,14 +232,18 @@ class Store:
         return self._checkpoint_dict(rows[0]) if rows else None
 
     def add_checkpoint(self, *, key: str, job, step: int | None, path: Path, answer_words: list[str],
-                       param_change: dict | None, seconds: float | None, run_id: int | None) -> None:
+                       param_change: dict | None, seconds: float | None, run_id: int | None,
+                       truncation: dict | None = None) -> None:
+        """``truncation``: the trainer's ``{shortened, skipped, total}`` example counts."""
         with self.transaction(f"checkpoint {key}") as db:
             db.execute(
-                "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO checkpoints (key, job_key, label, method, tasks, train_size, "
+                "seed, step, path, settings, answer_words, param_change, seconds, created, run_id, "
+                "truncation) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (key, job.key, job.label, job.method, json.dumps(list(job.tasks)), job.train_size,
                  job.seed, step, str(path), json.dumps(job.settings), json.dumps(answer_words),
                  json.dumps(param_change) if param_change is not None else None, seconds,
-                 time.time(), run_id))
+                 time.time(), run_id, json.dumps(truncation) if truncation is not None else None))
 
     def checkpoints(self) -> list[dict]:
         return [self._checkpoint_dict(r) for r in self._rows("SELECT * FROM checkpoints")]
@@ -246,7 +251,7 @@ class Store:
     def _checkpoint_dict(self, row) -> dict:
         d = dict(row)
         for k, kind in (("tasks", list), ("settings", dict), ("answer_words", list),
-                        ("param_change", dict)):
+                        ("param_change", dict), ("truncation", dict)):
             d[k] = self._json("checkpoints", row, k, kind) if d[k] is not None else None
         d["path"] = str(self._inside_run_folder(d["path"]))
         return d

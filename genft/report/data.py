@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from genft.experiments.results import label_answer_rate, empty_answer_rate, load_results
+from genft.experiments.results import label_answer_rate, empty_answer_rate, load_results, relation
 from genft.experiments.store import Store
 
 
@@ -70,19 +70,13 @@ def collect(out) -> ReportData:
     for group in sorted(trained["group"].unique()):
         families = {tasks.get(t, {}).get("family") for t in group.split("+")}
         b = base.assign(group=group)
-        b["relation"] = [_relation(f, tasks.get(t, {}), families)
+        b["relation"] = [relation(f, tasks.get(t, {}).get("domain"), families)
                          for f, t in zip(b["test_family"], b["test_task"])]
         parts.append(b)
     if trained.empty:
         parts.append(base.assign(group="(none)", relation="reference"))
     prim = pd.concat(parts, ignore_index=True)
     return ReportData(table, prim, tasks, runs, checkpoints, predictions, normalize)
-
-
-def _relation(family: str, task: dict, train_families: set) -> str:
-    if family in train_families:
-        return "in-domain" if task.get("domain", "in") == "in" else "out-of-domain"
-    return "cross-task"
 
 
 def model_order(labels) -> list[str]:

@@ -11,13 +11,20 @@ import pandas as pd  # noqa: E402
 
 from genft.report import data as D  # noqa: E402
 
-COLORS = {"base": "#7f7f7f", "ft": "#d62728", "fticl": "#ff7f0e", "promot": "#2ca02c",
-          "lora": "#9467bd", "prompt-tuning": "#1f77b4", "multitask": "#8c564b", "joint": "#e377c2"}
+BASE_COLOR = "#7f7f7f"
 STYLES = {"prompt1": "-", "prompt2": "--"}
 
 
 def color(model: str, i: int = 0) -> str:
-    return COLORS.get(model, plt.cm.tab10(i % 10))
+    """The base model's grey, a method's registered colour (an entry named after its method),
+    else the i-th colour of tab10."""
+    from genft.training.method_registry import get_method, method_names
+
+    if model == "base":
+        return BASE_COLOR
+    if model in method_names() and get_method(model).color:
+        return get_method(model).color
+    return plt.cm.tab10(i % 10)
 
 
 def heatmaps(data: D.ReportData) -> plt.Figure | None:
@@ -97,7 +104,7 @@ def size_curves(data: D.ReportData, group: str) -> plt.Figure | None:
             ax.plot(f["size_rank"].astype(float), f["value"], "-o", ms=4, color=color(model, i),
                     label=model)
         if test in base:
-            ax.axhline(base[test], color=COLORS["base"], ls=":", label="base")
+            ax.axhline(base[test], color=BASE_COLOR, ls=":", label="base")
         ax.set_title(test, fontsize=9)
         ax.set_xlabel("training examples")
         ax.grid(alpha=0.3)

@@ -69,6 +69,10 @@ def cmd_tasks(args) -> None:
     for r in rows:
         sizes = ("unavailable offline" if r.get("unavailable") else
                  " ".join(f"{k}={v}" for k, v in (r.get("sizes") or {}).items()))
+        duplicates = sum(n for why, n in (r.get("dropped") or {}).items()
+                         if why.startswith("duplicate"))
+        if duplicates:
+            sizes += f" (duplicates removed: {duplicates})"
         print(f"{r['name']:28} {r['family']:20} {r['type']:15} {r['domain']:6} {r['source']:36} {sizes}")
 
 

@@ -1,8 +1,8 @@
 """Choosing the in-context demonstrations for a query.
 
 Samplers share one interface, ``sampler.demos(query, index) -> list[record]``.
-``shared_prefix`` tells the evaluator whether every query gets the same demos
-(first-k and balanced), which is what makes prefix KV caching possible.
+(The evaluator finds the prompt prefix its queries share from their tokens,
+whatever the sampler: genft/evaluation/encoding.py.)
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ SAMPLERS = ("first", "random", "balanced", "bm25")
 
 
 class DemoSampler:
-    shared_prefix = False
-
     def __init__(self, pool: list[dict], k: int, labels: list[str] = (), seed: int = 0):
         if k < 0:
             raise GenftError(f"shots must be >= 0 (got {k})")
@@ -32,8 +30,6 @@ class DemoSampler:
 class FirstK(DemoSampler):
     """The first k of the fixed pool: the studies' default; same prefix for every query."""
 
-    shared_prefix = True
-
     def demos(self, query, index):
         return self.pool[: self.k]
 
@@ -47,8 +43,6 @@ class SeededRandom(DemoSampler):
 
 class Balanced(DemoSampler):
     """Every label appears (when k allows): labels taken round-robin in pool order."""
-
-    shared_prefix = True
 
     def __init__(self, pool, k, labels=(), seed=0):
         super().__init__(pool, k, labels, seed)

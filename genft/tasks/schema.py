@@ -157,6 +157,9 @@ class TaskSpec(_Strict):
     label: LabelSpec | None = None
     where: list[Condition] = []
     metrics: list[Metric] = Field(min_length=1)
+    chance: float | None = Field(
+        None, ge=0, lt=1, description="the primary metric's chance level for the normalized score "
+                                      "(default: 1 / gold classes in the test split; 0 for generation)")
     prompt1: str
     prompt2: str
     max_new_tokens: int = Field(60, gt=0)

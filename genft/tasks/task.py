@@ -9,8 +9,13 @@ filtered, shuffled with the task's seed, and the roles drawing on that split tak
 consecutive slices in the order test, fewshot, dev, train. Adding a train split
 therefore never changes the test items.
 
+Splits are also disjoint by *text*: a row whose input fields (lower-cased, whitespace
+collapsed) equal those of a row an earlier role took is removed before the next role
+is carved (``duplicate of test`` / ``duplicate of fewshot`` / …): the bundled BBC
+corpus repeats articles, and a test lead seen in training inflates in-domain scores.
+
 Rows left out, and why, are counted in :attr:`Task.dropped`: rows failing a ``where``
-condition, rows whose label is listed in ``label.drop``, and rows with an *empty text*
+condition, rows whose label is listed in ``label.drop``, duplicates (above), and rows with an *empty text*
 — a prompt field or a generation answer that is empty or only whitespace. An empty
 text cannot be a meaningful query or target, and one such row in a 40k-row file must
 not stop a run, so it is dropped and counted rather than an error.
@@ -33,6 +38,11 @@ from genft.tasks.schema import (
 )
 from genft.tasks.sources import fingerprint, read_source, source_files
 from genft.yaml_files import load_yaml_model
+
+
+# How records are carved into roles; part of the data hash, so a change to the rule
+# (here: roles disjoint by text, not only by row) never reuses results of the old splits.
+SPLIT_RULE = "split-rule 2: roles disjoint by normalized input text"
 
 
 @dataclass
@@ -74,7 +84,8 @@ class Task:
 
     @property
     def dropped(self) -> dict[str, int]:
-        """Source rows left out, by reason: ``where``, ``label.drop``, ``empty text``."""
+        """Source rows left out, by reason: ``where``, ``label.drop``, ``empty text``,
+        ``duplicate of <role>``."""
         self.records("test")
         return dict(self._dropped)
 
@@ -102,8 +113,20 @@ class Task:
         spec_part = self.spec.model_dump_json(include={"source", "fields", "output", "label", "where",
                                                        "splits", "seed"})
         h = hashlib.sha256(spec_part.encode())
+        h.update(SPLIT_RULE.encode())
         h.update(fingerprint(self.spec.source, self.path.parent).encode())
         return h.hexdigest()[:16]
+
+    @property
+    def chance(self) -> float:
+        """The primary metric's chance level: the YAML's ``chance``, else 1 / the number of
+        gold classes that occur in the test split (RTE mapped to 3-way NLI has 3 label words
+        but 2 gold classes: chance 1/2, not 1/3), 0 for generation."""
+        if self.spec.chance is not None:
+            return self.spec.chance
+        if self.type != "classification":
+            return 0.0
+        return 1 / len({r["output"] for r in self.records("test")})
 
     def sizes(self) -> dict[str, int]:
         return {role: len(self._records_or_build().get(role, [])) for role in ROLES
@@ -141,12 +164,44 @@ def _build_records(spec: TaskSpec, base_dir: Path, path: Path,
         random.Random(spec.seed).shuffle(records)
         for role, split_spec in roles.items():
             if split_spec.split == split:
+                records = _without_duplicates(records, out, spec, dropped)
                 out[role], records = _take(split_spec, records, spec.label)
     if not out["test"]:
         reasons = ", ".join(f"{n} by {why}" for why, n in sorted(dropped.items())) or "none"
         raise GenftError(f"{path}: the test split is empty after filtering "
                          f"(rows dropped: {reasons})")
     return out
+
+
+def text_key(record: dict, fields) -> str:
+    """What makes two records the same text: their input fields, lower-cased, whitespace
+    collapsed (the answer is not part of it: the same text with another label is still a
+    test item the model has seen)."""
+    return "\x1f".join(" ".join(str(record[f]).lower().split()) for f in fields)
+
+
+def _without_duplicates(records: list[dict], taken: dict[str, list[dict]], spec: TaskSpec,
+                        dropped: Counter) -> list[dict]:
+    """The candidates of the next role, less those whose text an earlier role already holds.
+
+    Roles are carved in the order test, fewshot, dev, train, so a text that occurs in the
+    test split never reaches few-shot demos or training, and a few-shot demo never reaches
+    training. Removed rows are counted as ``duplicate of <role>``.
+    """
+    if not taken:
+        return records
+    owner = {}
+    for role, recs in taken.items():
+        for r in recs:
+            owner.setdefault(text_key(r, spec.fields), role)
+    kept = []
+    for r in records:
+        role = owner.get(text_key(r, spec.fields))
+        if role is None:
+            kept.append(r)
+        else:
+            dropped[f"duplicate of {role}"] += 1
+    return kept
 
 
 def _origin(spec: TaskSpec, base_dir: Path, path: Path, split: str) -> Path:

@@ -4,16 +4,22 @@
     final = train(TrainConfig(tasks=["tweet_sentiment"], method="ft", steps=40, out="runs/ft"))
     stats = param_change("smollm2-135m", final)
 
-``train`` and ``param_change`` are imported lazily so that the CLI's start-up
-(``genft --help``, ``genft tasks``) does not pay for importing torch.
+Methods are defined in ``genft.training.method_registry`` (``register_method``).
+
+Every public name is imported lazily: ``train`` and ``param_change`` so that the CLI's
+start-up (``genft --help``, ``genft tasks``) does not pay for importing torch, and
+``TrainConfig`` so that genft/models.py can import ``genft.training.checkpoint`` (the
+checkpoint format) without importing the config, which imports genft.models.
 """
 
-from genft.training.config import METHODS, TrainConfig
-
-__all__ = ["METHODS", "TrainConfig", "train", "param_change"]
+__all__ = ["TrainConfig", "train", "param_change"]
 
 
 def __getattr__(name: str):
+    if name == "TrainConfig":
+        from genft.training.config import TrainConfig
+
+        return TrainConfig
     if name == "train":
         from genft.training.loop import train
 

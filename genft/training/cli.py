@@ -6,12 +6,13 @@ import argparse
 import json
 
 from genft.models import ModelSpec, add_model_options, model_options
-from genft.training.config import METHODS, TrainConfig
+from genft.training.config import TrainConfig
+from genft.training.method_registry import method_names
 
 # CLI flag -> TrainConfig field, for the options that map one to one.
 _PASSTHROUGH = ["method", "train_size", "epochs", "steps", "lr", "lr_schedule",
                 "warmup_steps", "weight_decay", "max_grad_norm", "batch_size", "grad_accum",
-                "max_length", "shots", "seed", "save_every", "prompt_length", "prompt_init",
+                "max_length", "max_truncated_share", "shots", "seed", "save_every", "prompt_length", "prompt_init",
                 "prompt_init_text", "stage1_steps", "stage1_lr", "stage1_eval_every", "dev_size",
                 "stage2", "promot_shots", "lora_r", "lora_alpha", "lora_dropout",
                 "mixed_precision", "gradient_checkpointing"]
@@ -23,14 +24,14 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Fine-tune a model on one or more tasks. Inputs use the task's prompt1 format; "
                     "the loss covers the answer (and its blank-line terminator) only. Runs "
-                    "data-parallel under `accelerate launch`. Writes OUT/final (a genft checkpoint).")
+                    "data-parallel under torchrun, srun or `accelerate launch --multi_gpu`. Writes OUT/final (a genft checkpoint).")
     p.add_argument("--model", default=TrainConfig.model_fields["model"].default.name,
                    help="model alias, local directory or Hub id")
     p.add_argument("--task", "--tasks", dest="tasks", required=True, metavar="T[,T2...]",
                    help="task name(s), comma-separated (family:NAME selects a family)")
     p.add_argument("--include", action="append", default=[], metavar="DIR",
                    help="also load task YAMLs from DIR (repeatable)")
-    p.add_argument("--method", default="ft", metavar="|".join(METHODS),
+    p.add_argument("--method", default="ft", metavar="|".join(method_names()),
                    help="training method (see docs/training.md)")
     p.add_argument("--out", required=True, help="output directory (new, or this run's for --resume)")
     p.add_argument("--resume", action="store_true", help="continue this run from its last checkpoint")
@@ -47,6 +48,8 @@ def register(sub) -> None:
     g.add_argument("--batch-size", type=int, default=8, help="per device")
     g.add_argument("--grad-accum", type=int, default=1)
     g.add_argument("--max-length", type=int, default=512)
+    g.add_argument("--max-truncated-share", type=float, default=0.1,
+                   help="refuse when more than this share of examples would be shortened or skipped")
     g.add_argument("--shots", type=int, help="FTICL demos per input (default: the task's fticl_shots)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--save-every", type=int, help="intermediate checkpoint every N steps")
@@ -78,6 +81,8 @@ def register(sub) -> None:
     p.add_argument("base", help="the base model")
     p.add_argument("checkpoint", help="a genft checkpoint (e.g. OUT/final)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--per-layer", action="store_true",
+                   help="also print mean |Δ| per layer × module type")
     p.set_defaults(func=cmd_diff)
 
 
@@ -96,14 +101,23 @@ def cmd_train(args) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    from genft import distributed
+
     final = train(config_from_args(args), progress=not args.no_progress, resume=args.resume)
-    print(final)
+    if distributed.is_main():
+        print(final)
     return 0
 
 
 def cmd_diff(args) -> int:
-    from genft.training.diff import format_table, param_change
+    from genft.training.diff import format_layer_table, format_table, param_change
 
     stats = param_change(args.base, args.checkpoint)
-    print(json.dumps(stats, indent=2) if args.json else format_table(stats))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(format_table(stats))
+    if args.per_layer:
+        print()
+        print(format_layer_table(stats))
     return 0

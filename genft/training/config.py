@@ -13,13 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from genft.errors import GenftError, did_you_mean
 from genft.models import DEFAULT_MODEL, ModelSpec
-
-METHODS = ("ft", "fticl", "lora", "prompt-tuning", "promot", "multitask", "joint")
-
-# Learning rates that made the loss fall within ~40 steps on SmolLM2-135M (AdamW).
-# Prompt tuning needs a much larger rate: only a few thousand parameters move.
-DEFAULT_LR = {"ft": 2e-4, "fticl": 2e-4, "multitask": 2e-4, "promot": 2e-4, "joint": 2e-4,
-              "lora": 1e-3, "prompt-tuning": 3e-2}
+from genft.training.method_registry import get_method
 
 
 class TrainConfig(BaseModel):
@@ -28,7 +22,7 @@ class TrainConfig(BaseModel):
     model: ModelSpec = Field(ModelSpec(name=DEFAULT_MODEL),
                              description="a name, or a mapping {name, dtype, device, revision, ...}")
     tasks: list[str] = Field(min_length=1)
-    method: str = "ft"
+    method: str = Field("ft", description="a registered method (genft.training.method_registry)")
     include: list[str] = Field([], description="extra task YAML folders")
     out: str
 
@@ -36,11 +30,14 @@ class TrainConfig(BaseModel):
     train_size: int | None = Field(None, gt=0, description="training items per task (default: all)")
     max_length: int = Field(512, gt=8)
     shots: int | None = Field(None, ge=0, description="FTICL demos per input (default: task's fticl_shots)")
+    max_truncated_share: float = Field(
+        0.1, ge=0, le=1, description="refuse to train when more than this share of the examples "
+                                     "would lose demos / prompt tokens or be skipped (max_length)")
 
     # schedule
     epochs: float | None = Field(None, gt=0)
     steps: int | None = Field(None, gt=0)
-    lr: float | None = Field(None, gt=0, description="default depends on the method (DEFAULT_LR)")
+    lr: float | None = Field(None, gt=0, description="default: the method's default_lr")
     lr_schedule: Literal["constant", "linear"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -88,18 +85,19 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}{did_you_mean(self.method, METHODS)}; "
-                             f"choose from {', '.join(METHODS)}")
+        try:
+            method = get_method(self.method)
+        except GenftError as e:
+            raise ValueError(str(e)) from None
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("give exactly one of epochs or steps")
-        if self.method == "multitask" and len(self.tasks) < 2:
-            raise ValueError("method multitask needs at least two tasks")
+        if len(self.tasks) < method.min_tasks:
+            raise ValueError(f"method {self.method} needs at least {method.min_tasks} tasks")
         return self
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+        return self.lr if self.lr is not None else get_method(self.method).default_lr
 
     def identity(self) -> dict:
         """What makes two runs the same run (for --resume, the output-directory guard and the

@@ -33,7 +33,13 @@ class Example:
     loss_start: int  # index of the first target token; tokens before it carry no loss
     task: int  # index into the run's task list (selects the soft prompt)
     prompt: str  # the exact text before the target, kept for inspection and tests
-    n_demos: int = 0
+    n_demos: int = 0  # demos in the prompt
+    asked_demos: int = 0  # demos the method asked for (more than n_demos: some were dropped)
+    cut: int = 0  # oldest prompt tokens cut because even the prompt without demos was too long
+
+    @property
+    def shortened(self) -> bool:
+        return self.n_demos < self.asked_demos or self.cut > 0
 
 
 def train_pool(task, size: int | None) -> list[dict]:
@@ -87,27 +93,33 @@ def _draw(rng: random.Random, candidates, index: int, taken: list[int]) -> int:
 
 
 def encode(tokenizer, prompts: list[str], answers: list[str], max_length: int, task: int,
-           n_demos: int = 0) -> list[Example]:
+           n_demos: int = 0) -> list[Example | None]:
     """Tokenize prompt+target so that the loss starts right after the prompt's tokens.
 
     Prompt tokens are normally a prefix of the full text's tokens (the separator
     rule in genft.tasks.prompts makes sure of it); if a merge crosses the boundary,
     the loss starts at the first token that differs. Too-long inputs lose their
-    oldest prompt tokens: the answer is what is learned.
+    oldest prompt tokens (``Example.cut`` counts them; :func:`build_examples` first
+    drops whole demos instead). The answer is never cut: an example whose target
+    alone leaves no room for a prompt token is None (skipped, and counted).
     """
     prompt_ids = tokenizer(prompts).input_ids
     full_ids = tokenize_as_demos(tokenizer, [p + target_text(p, a) for p, a in zip(prompts, answers)],
                                  [p[:CONTINUATION_CHARS] for p in prompts])
-    examples = []
+    examples: list[Example | None] = []
     for prompt, p_ids, ids in zip(prompts, prompt_ids, full_ids):
         start = 0
         while start < min(len(p_ids), len(ids)) and p_ids[start] == ids[start]:
             start += 1
         start = max(start, 1)  # the first token has no preceding position to predict it from
+        cut = 0
         if len(ids) > max_length:
-            cut = min(len(ids) - max_length, start - 1)
-            ids, start = ids[cut:][:max_length], start - cut
-        examples.append(Example(ids, start, task, prompt, n_demos))
+            cut = len(ids) - max_length
+            if cut > start - 1:  # the answer itself does not fit: never cut it
+                examples.append(None)
+                continue
+            ids, start = ids[cut:], start - cut
+        examples.append(Example(ids, start, task, prompt, n_demos, n_demos, cut))
     return examples
 
 
@@ -137,17 +149,41 @@ def tokenize_as_demos(tokenizer, texts: list[str], continuations: list[str]) -> 
 
 def build_examples(tasks, tokenizer, records_per_task: list[list[dict]], shots: list[int],
                    max_length: int, seed: int) -> list[Example]:
-    """Examples for every task; ``shots[i]`` demos (drawn from that task's pool) per input."""
+    """Examples for every task; ``shots[i]`` demos (drawn from that task's pool) per input.
+
+    An input longer than ``max_length`` loses whole demos, the oldest (first, farthest
+    from the query) first, never part of one, so FTICL trains on exactly the demo format
+    evaluation shows (a cut demo starts mid-sentence, without its header). Only with no
+    demo left is the query cut from the left, as evaluation cuts a too-long context. An
+    example whose answer alone does not fit is skipped. :func:`truncation` counts both.
+    """
     examples = []
     for t, (task, pool, k) in enumerate(zip(tasks, records_per_task, shots)):
         rng = random.Random(f"{seed}:{task.name}:demos")
         by_label: dict[str, list[int]] = {}
         for i, r in enumerate(pool):
             by_label.setdefault(r["output"], []).append(i)
-        prompts = [task.prompt(r, fticl_demos(pool, i, k, task.labels, rng, by_label) if k else [],
-                               "prompt1") for i, r in enumerate(pool)]
-        examples += encode(tokenizer, prompts, [r["output"] for r in pool], max_length, t, k)
+        demos = [fticl_demos(pool, i, k, task.labels, rng, by_label) if k else []
+                 for i in range(len(pool))]
+        prompts = [task.prompt(r, d, "prompt1") for r, d in zip(pool, demos)]
+        encoded = encode(tokenizer, prompts, [r["output"] for r in pool], max_length, t, k)
+        for record, chosen, ex in zip(pool, demos, encoded):
+            while ex is not None and ex.cut and chosen:  # too long: drop the oldest demo
+                chosen = chosen[1:]
+                (ex,) = encode(tokenizer, [task.prompt(record, chosen, "prompt1")],
+                               [record["output"]], max_length, t, len(chosen))
+            if ex is not None:
+                ex.asked_demos = k
+                examples.append(ex)
     return examples
+
+
+def truncation(examples: list[Example], pools: list[list[dict]]) -> dict[str, int]:
+    """``{shortened, skipped, total}``: examples that lost demos (or prompt tokens) to
+    ``max_length``, examples skipped because their answer did not fit, and all examples."""
+    total = sum(len(p) for p in pools)
+    return {"shortened": sum(e.shortened for e in examples), "skipped": total - len(examples),
+            "total": total}
 
 
 def micro_batches(examples: list[Example], batch_size: int, seed: int, epoch: int

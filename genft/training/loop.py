@@ -6,7 +6,7 @@ optimizer step is normalized by the number of answer tokens in the *whole* step
 (all micro-batches on all processes), so gradient accumulation and process count
 do not change what a step computes.
 
-Output directory::
+Output directory (the checkpoints' format and layout: genft/training/checkpoint.py)::
 
     OUT/genft_train.json        the run's config (guards against mixing two runs in one folder)
     OUT/train_log.jsonl         one line per step: stage, step, loss, lr, tokens/s (pandas.read_json)
@@ -26,15 +26,16 @@ from pathlib import Path
 
 import torch
 
+from genft import distributed
 from genft.errors import GenftError, check_writable_dir
-from genft.models import CHECKPOINT_FILE, LoadedModel, load_model, resolve
+from genft.models import LoadedModel, load_model, resolve
 from genft.tasks import registry
 from genft.tasks.labels import check_label_words
 from genft.training import checkpoint as ckpt
 from genft.training.config import TrainConfig
-from genft.training.data import build_examples, collate, micro_batches, train_pool
-from genft.training.methods import (PromptedLM, Stage, add_lora, make_prompts, set_trainable,
-                                    stages, uses_prompts)
+from genft.training.data import build_examples, collate, micro_batches, train_pool, truncation
+from genft.training.method_registry import Stage, optimizer_steps, stages, uses_prompts
+from genft.training.methods import PromptedLM, add_lora, make_prompts, param_groups, set_trainable
 
 RUN_FILE = "genft_train.json"
 LOG_FILE = "train_log.jsonl"
@@ -50,6 +51,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
     from accelerate import Accelerator
 
     out = Path(cfg.out)
+    distributed.init()  # srun's variables become torchrun's before Accelerate reads them
     accelerator = Accelerator(**_placement(cfg))
     if resume and _sharded(accelerator):
         raise GenftError("--resume needs the whole optimizer state in one process (single "
@@ -58,14 +60,16 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
     pools = [train_pool(t, cfg.train_size) for t in tasks]
     loaded = loaded or load_model(cfg.model, training=True)
     _check_inputs(cfg, tasks, loaded, out, accelerator)
+    plan = stages(cfg, tasks)
+    examples = _stage_examples(cfg, plan, tasks, pools, loaded.tokenizer, progress)
     finished = _claim(out, cfg, resume, accelerator)
     if finished:
         return finished
     run = _Run(cfg, accelerator, out, tasks, pools, loaded, progress)
-    plan = stages(cfg, tasks)
+    run.examples = examples
     for i, stage in enumerate(plan):
         run.run_stage(stage, last=i == len(plan) - 1, resume=resume)
-    final = run.save(out / "final", plan[-1], step=None)
+    final = run.save(ckpt.final_dir(out), plan[-1], step=None)
     if run.writer:
         run.writer.close()
     return final
@@ -88,10 +92,39 @@ def _check_inputs(cfg: TrainConfig, tasks, loaded: LoadedModel, out: Path, accel
     accelerator.wait_for_everyone()  # no process looks into `out` while the probe file is there
 
 
+def _stage_examples(cfg: TrainConfig, plan, tasks, pools, tokenizer, progress: bool) -> dict:
+    """Each stage's training examples with their truncation counts, built before the run
+    claims its folder: more than ``max_truncated_share`` of the examples shortened or
+    skipped is refused (the method would silently train on something else, e.g. FTICL
+    with fewer demos than asked)."""
+    built: dict[tuple, tuple] = {}
+    out = {}
+    for stage in plan:
+        key = tuple(stage.shots)
+        if key not in built:
+            examples = build_examples(tasks, tokenizer, pools, stage.shots, cfg.max_length, cfg.seed)
+            built[key] = examples, truncation(examples, pools)
+        examples, counts = built[key]
+        affected = counts["shortened"] + counts["skipped"]
+        if counts["total"] and affected / counts["total"] > cfg.max_truncated_share:
+            raise GenftError(
+                f"{stage.name}: {affected} of {counts['total']} training examples do not fit "
+                f"--max-length {cfg.max_length} ({counts['shortened']} would lose demos or prompt "
+                f"tokens, {counts['skipped']} would be skipped: their answer alone is too long), "
+                f"more than max_truncated_share {cfg.max_truncated_share}; raise --max-length, "
+                f"use fewer --shots, or allow a larger --max-truncated-share")
+        if affected and progress:
+            print(f"genft: {stage.name}: {counts['shortened']} of {counts['total']} training "
+                  f"examples shortened to fit --max-length {cfg.max_length}, "
+                  f"{counts['skipped']} skipped", flush=True)
+        out[stage.name] = examples, counts
+    return out
+
+
 def _claim(out: Path, cfg: TrainConfig, resume: bool, accelerator) -> Path | None:
     """Refuse a folder holding another run; returns the final checkpoint if already finished."""
     record = out / RUN_FILE
-    final = out / "final"
+    final = ckpt.final_dir(out)
     if record.is_file():
         previous = json.loads(record.read_text())["config"]
         differs = sorted(k for k in set(previous) | set(cfg.identity())
@@ -100,10 +133,10 @@ def _claim(out: Path, cfg: TrainConfig, resume: bool, accelerator) -> Path | Non
             raise GenftError(f"{out} holds another run (it differs in {', '.join(differs)}); "
                              f"choose another --out")
         if not resume:
-            state = "finished" if (final / CHECKPOINT_FILE).is_file() else "unfinished"
+            state = "finished" if ckpt.is_checkpoint(final) else "unfinished"
             raise GenftError(f"{out} already holds this {state} run; pass --resume to "
                              f"{'reuse' if state == 'finished' else 'continue'} it, or choose another --out")
-        if (final / CHECKPOINT_FILE).is_file():
+        if ckpt.is_checkpoint(final):
             return final
     elif out.exists() and any(out.iterdir()):
         raise GenftError(f"{out} is not empty and holds no genft run; choose a new or empty --out")
@@ -130,26 +163,28 @@ class _Run:
         self.world = accelerator.num_processes
         self.writer = _tensorboard(out) if accelerator.is_main_process else None
         self.wrapped = None
+        self.examples: dict[str, tuple[list, dict]] = {}  # stage -> (examples, truncation counts)
 
     # ------------------------------------------------------------------ stages
 
     def run_stage(self, stage: Stage, last: bool, resume: bool) -> None:
-        done = self.out / stage.name
-        if not last and resume and (done / CHECKPOINT_FILE).is_file():
+        done = ckpt.stage_dir(self.out, stage.name)
+        if not last and resume and ckpt.is_checkpoint(done):
             self._restore(done)  # an earlier stage finished before the interruption
             return
         if stage.model == "lora" and not hasattr(self.lm, "peft_config"):
             self.lm = add_lora(self.cfg, self.lm)
         set_trainable(self.lm, self.prompts, stage)
-        examples = build_examples(self.tasks, self.tokenizer, self.pools, stage.shots,
-                                  self.cfg.max_length, self.cfg.seed)
+        examples = self.examples[stage.name][0]
         steps, schedule = self._schedule(stage, examples)
         module = PromptedLM(self.lm, self.prompts)
         trainable = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=self.cfg.weight_decay,
+        optimizer = torch.optim.AdamW(param_groups(module, self.cfg.weight_decay), lr=stage.lr,
                                       fused=_fused_ok(trainable))
         start = self._resume_point(stage, optimizer) if last and resume else 0
         self.wrapped, optimizer = self.acc.prepare(module, optimizer)
+        distributed.note("train", stage=stage.name, processes=self.acc.num_processes,
+                         wrapper=type(self.wrapped).__name__)
         keeper = _BestOnDev(self, stage) if stage.keep_best_on_dev else None
         if keeper:
             keeper.check(0)
@@ -167,7 +202,7 @@ class _Run:
         if keeper:
             keeper.restore_best()
         if not last:
-            self.save(self.out / stage.name, stage, step=steps)
+            self.save(ckpt.stage_dir(self.out, stage.name), stage, step=steps)
 
     def _step(self, examples, step_batches, optimizer, trainable, lr) -> tuple[float, int]:
         """One optimizer step over this process's share of the step's micro-batches.
@@ -210,8 +245,8 @@ class _Run:
     def _schedule(self, stage: Stage, examples):
         """(number of optimizer steps, step -> list of global micro-batches)."""
         per_step = self.cfg.grad_accum * self.world
-        epoch_len = len(micro_batches(examples, self.cfg.batch_size, self.cfg.seed, 0))
-        steps = stage.steps or max(1, math.ceil(stage.epochs * epoch_len / per_step))
+        steps = optimizer_steps(stage, len(examples), self.cfg.batch_size, self.cfg.grad_accum,
+                                self.world)
         order: list[list[int]] = []
         epoch = 0
         while len(order) < steps * per_step:
@@ -228,11 +263,12 @@ class _Run:
         prompts = ([state[f"prompts.{i}.embedding.weight"] for i in range(len(self.tasks))]
                    if self.prompts is not None else None)
         if self.acc.is_main_process:
-            weights = {"full": "full", "lora": "lora", "frozen": "base"}[stage.model]
+            weights = ckpt.weights_kind(stage.model)
             revision = {"base_revision": self.cfg.model.revision} if self.cfg.model.revision else {}
             meta = {"base_model": self.cfg.model.name, **revision, "method": self.cfg.method,
                     "tasks": [t.name for t in self.tasks], "stage": stage.name, "step": step,
-                    "train_config": self.cfg.identity()}
+                    "train_config": self.cfg.identity(),
+                    "truncation": self.examples[stage.name][1]}
             ckpt.write_checkpoint(path, lm_state=lm_state, lm=self.acc.unwrap_model(self.wrapped).lm,
                                   tokenizer=self.tokenizer, prompt_tensors=prompts,
                                   weights=weights, meta=meta)
@@ -240,7 +276,7 @@ class _Run:
         return path
 
     def _save_intermediate(self, stage: Stage, step: int, optimizer) -> None:
-        path = self.save(self.out / "checkpoints" / f"step-{step:06d}", stage, step)
+        path = self.save(ckpt.step_dir(self.out, step), stage, step)
         if self.acc.is_main_process and not _sharded(self.acc):
             ckpt.save_state(self.out, {"stage": stage.name, "step": step,
                                        "checkpoint": str(path.relative_to(self.out)),
@@ -309,12 +345,14 @@ class _BestOnDev:
     def check(self, step: int) -> None:
         module = self.run.acc.unwrap_model(self.run.wrapped)
         total, count = 0.0, 0
+        module.eval()  # no dropout while measuring: the dev loss must not depend on the noise
         with torch.no_grad(), self.run.autocast():
             for b in range(0, len(self.examples), self.run.cfg.batch_size):
                 batch = self.examples[b:b + self.run.cfg.batch_size]
                 inputs = collate(batch, self.run.tokenizer.pad_token_id)
                 total += module(**{k: v.to(self.run.acc.device) for k, v in inputs.items()}).item()
                 count += len(inputs["loss_targets"])
+        module.train()
         loss = total / count
         if loss < self.best_loss:
             self.best_loss, self.best = loss, [p.embedding.weight.detach().clone()
@@ -346,13 +384,14 @@ def _checkpoint_activations(lm) -> None:
 
 def _placement(cfg: TrainConfig) -> dict:
     """Accelerator options from the model's device: accelerate takes each process's GPU by
-    itself, so only the CPU chosen over a GPU that is there needs saying."""
+    itself. cpu=True whenever the device is the CPU: without it Accelerate 1.15 ignores a
+    torchrun launch on a CPU-only machine (every process would train alone)."""
     from genft.models import resolve_device
 
     device = resolve_device(cfg.model.device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # one process on a chosen GPU
-    return {"cpu": True} if device.type == "cpu" and torch.cuda.is_available() else {}
+    return {"cpu": device.type == "cpu"}
 
 
 def _sharded(accelerator) -> bool:

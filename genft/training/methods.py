@@ -1,6 +1,7 @@
-"""The training methods as small named pieces on top of one loop.
+"""The pieces the training methods are built from, on top of one loop.
 
-A method is a list of *stages*; a stage says which parameters train (the model:
+A method (defined once, in genft/training/method_registry.py) is a list of
+*stages*; a stage says which parameters train (the model:
 all of it, LoRA adapters, or nothing; the soft prompts: train, frozen, absent),
 how many demos go in front of each input, and for how long at what rate:
 
@@ -23,51 +24,12 @@ and still compute the LM head only at the positions that carry loss.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from genft.errors import GenftError
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    model: str  # "full" | "lora" | "frozen"
-    prompts: str  # "none" | "train" | "frozen"
-    shots: list[int]  # demos per input, per task
-    steps: int | None
-    epochs: float | None
-    lr: float
-    keep_best_on_dev: bool = False
-
-
-def stages(cfg, tasks) -> list[Stage]:
-    """The stages of cfg.method for these tasks."""
-    none = [0] * len(tasks)
-    fticl = [cfg.shots if cfg.shots is not None else t.spec.fticl_shots for t in tasks]
-    main = dict(steps=cfg.steps, epochs=cfg.epochs, lr=cfg.learning_rate)
-    if cfg.method in ("ft", "multitask"):
-        return [Stage("train", "full", "none", none, **main)]
-    if cfg.method == "fticl":
-        return [Stage("train", "full", "none", fticl, **main)]
-    if cfg.method == "lora":
-        return [Stage("train", "lora", "none", none, **main)]
-    if cfg.method == "prompt-tuning":
-        return [Stage("train", "frozen", "train", none, **main)]
-    if cfg.method == "joint":
-        return [Stage("train", "full", "train", none, **main)]
-    if cfg.method == "promot":
-        return [Stage("stage1", "frozen", "train", none, cfg.stage1_steps, None, cfg.stage1_lr,
-                      keep_best_on_dev=True),
-                Stage("stage2", cfg.stage2, "frozen", [cfg.promot_shots] * len(tasks), **main)]
-    raise AssertionError(cfg.method)
-
-
-def uses_prompts(cfg) -> bool:
-    return cfg.method in ("prompt-tuning", "joint", "promot")
+from genft.training.method_registry import Stage, stages, uses_prompts  # noqa: F401 (re-exported)
 
 
 def make_prompts(cfg, tasks, model, model_path: str) -> nn.ModuleList:
@@ -156,3 +118,21 @@ class PromptedLM(nn.Module):
         hidden = core.get_decoder()(inputs_embeds=embeds, use_cache=False).last_hidden_state
         logits = core.get_output_embeddings()(hidden[loss_rows, loss_cols + self.n_virtual])
         return F.cross_entropy(logits.float(), loss_targets, reduction="sum")
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay only on the >= 2-D weight matrices (nanoGPT's rule).
+
+    Norm weights and biases (1-D), embeddings and soft prompts (both ``nn.Embedding``
+    tables; a tied LM head is the embedding table) are not decayed: decay would pull a
+    norm's gain and a prompt's vectors towards zero, which is no regularization of a
+    linear map. Frozen parameters are left out.
+    """
+    tables = {id(p) for m in module.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and id(p) not in tables else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
