@@ -18,10 +18,11 @@ import pandas as pd
 
 def run(config, out: str | Path | None = None, *, dry_run: bool = False, progress: bool = True,
         report: bool = True, threads: int | None = None, executor: str | None = None,
-        ray_address: str | None = None, backends=None, echo=print):
+        ray_address: str | None = None, backends=None, echo=print, **model_options):
     """Run (or resume) the grid of ``config`` (a YAML path, a dict or an ExperimentConfig),
     then write its report: the one place that composes the two layers (the runner knows
-    nothing of reports; the report reads only the store).
+    nothing of reports; the report reads only the store). ``model_options`` (dtype, device,
+    revision, attn_implementation, trust_remote_code) override the config's ``model:``.
 
     Returns a RunOutcome: ``out``, ``plan``, ``computed`` (cells computed by this call),
     ``trained`` (jobs trained by this call) and ``report`` (the HTML path). ``backends``
@@ -33,7 +34,7 @@ def run(config, out: str | Path | None = None, *, dry_run: bool = False, progres
 
     outcome = run_experiment(config, out, dry_run=dry_run, progress=progress, threads=threads,
                              executor=executor, ray_address=ray_address, backends=backends,
-                             echo=echo)
+                             echo=echo, model_options=_model_options(model_options))
     if report and not dry_run and distributed.is_main():  # rank 0 alone writes (torchrun/srun)
         with disk_full_is_one_line(outcome.out, "writing the report"):
             outcome.report = build_report(outcome.out)
@@ -44,23 +45,45 @@ def run(config, out: str | Path | None = None, *, dry_run: bool = False, progres
 
 def train(*, out: str | Path, progress: bool = True, resume: bool = False, **settings) -> Path:
     """Train one model (= `genft train`); ``settings`` are TrainConfig fields
-    (model, tasks, method, steps, lr, ...). Returns the final checkpoint directory."""
+    (model, tasks, method, steps, lr, mixed_precision, ...; ``model`` a name or a mapping
+    {name, dtype, device, ...}). Returns the final checkpoint directory."""
     from genft.training import TrainConfig, train as _train
 
     return Path(_train(TrainConfig(**settings, out=str(out)), progress=progress, resume=resume))
 
 
-def evaluate(model, task, shots: int = 0, fmt: str = "prompt1", **kwargs):
-    """Evaluate one cell. ``model``: a name, a checkpoint directory or a LoadedModel;
-    ``task``: a task name or Task. Keyword arguments go to evaluate_cell (sampler, limit,
-    batch_size, seed, scoring, progress). Returns a CellResult."""
+def evaluate(model, task, shots: int = 0, fmt: str = "prompt1", *, dtype: str | None = None,
+             device: str | None = None, revision: str | None = None,
+             attn_implementation: str | None = None, trust_remote_code: bool | None = None,
+             **kwargs):
+    """Evaluate one cell. ``model``: a name, a checkpoint directory, a mapping {name, dtype,
+    device, ...} or a LoadedModel (the placement options apply to the first three);
+    ``task``: a task name or Task. Other keyword arguments go to evaluate_cell (sampler,
+    limit, batch_size, seed, scoring, progress). Returns a CellResult."""
     from genft.evaluation import evaluate_cell
-    from genft.models import load_model
+    from genft.models import ModelSpec, load_model
     from genft.tasks import registry
 
-    loaded = load_model(str(model)) if isinstance(model, (str, Path)) else model
+    if isinstance(model, (str, Path, dict, ModelSpec)):
+        spec = ModelSpec.of(str(model) if isinstance(model, Path) else model)
+        loaded = load_model(spec, dtype=dtype, device=device, revision=revision,
+                            attn_implementation=attn_implementation,
+                            trust_remote_code=trust_remote_code)
+    else:
+        loaded = model
     task = registry().get(task) if isinstance(task, str) else task
     return evaluate_cell(loaded, task, shots, fmt, **kwargs)
+
+
+def _model_options(options: dict) -> dict:
+    from genft.errors import GenftError
+    from genft.models import ModelSpec
+
+    unknown = sorted(set(options) - set(ModelSpec.model_fields) | {"name"} & set(options))
+    if unknown:
+        raise GenftError(f"unknown option(s) {unknown}; the model options are dtype, device, "
+                         f"revision, attn_implementation, trust_remote_code")
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def load_results(out: str | Path, all_cells: bool = False) -> pd.DataFrame:

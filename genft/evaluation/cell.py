@@ -78,22 +78,27 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
     size = _batch_size(batch_size, model, inputs, task, soft)
 
     if fast_path:
-        batches = fast.plan_batches(inputs, size, task.type, first_token)
-        rank, world = distributed.rank(), distributed.world_size()
-        mine = batches[rank::world]
-        distributed.note("eval", task=task.name, batches=len(mine), of=len(batches))
-        bar = _bar(progress and rank == 0, len(inputs.items), f"{task.name} {shots}-shot {fmt}")
-        on_items = (lambda n: bar.update(n * world)) if bar else (lambda n: None)
-        prefix = fast.PrefixCache(model, inputs.items[0].context[: inputs.prefix_len] if inputs.items
-                                  else [], soft)
-        if classify:
-            raw = fast.score_batches(model, tokenizer, inputs, mine, prefix, on_items)
-        else:
-            raw = fast.generate_batches(model, tokenizer, mine, prefix, task.spec.max_new_tokens,
-                                        on_items)
-        raw = {i: r for part in distributed.gather_objects(raw) for i, r in part.items()}
-        if bar:
-            bar.close()
+        def run_fast(size: int):
+            batches = fast.plan_batches(inputs, size, task.type, first_token)
+            rank, world = distributed.rank(), distributed.world_size()
+            mine = batches[rank::world]
+            distributed.note("eval", task=task.name, batches=len(mine), of=len(batches))
+            bar = _bar(progress and rank == 0, len(inputs.items), f"{task.name} {shots}-shot {fmt}")
+            on_items = (lambda n: bar.update(n * world)) if bar else (lambda n: None)
+            try:
+                prefix = fast.PrefixCache(model, inputs.items[0].context[: inputs.prefix_len]
+                                          if inputs.items else [], soft)
+                if classify:
+                    raw = fast.score_batches(model, tokenizer, inputs, mine, prefix, on_items)
+                else:
+                    raw = fast.generate_batches(model, tokenizer, mine, prefix,
+                                                task.spec.max_new_tokens, on_items)
+            finally:
+                if bar:
+                    bar.close()
+            return size, {i: r for part in distributed.gather_objects(raw) for i, r in part.items()}
+
+        size, raw = (_backing_off(run_fast, size) if batch_size == "auto" else run_fast(size))
     else:
         raw = _reference(model, tokenizer, inputs, task, soft, first_token, progress)
 
@@ -115,7 +120,8 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
               "soft_prompt": soft is not None, "prefix_tokens": inputs.prefix_len,
               "truncated": inputs.n_truncated, "se": errors,
               "data_hash": task.data_hash, "method": loaded.method,
-              "base_model": loaded.base_model, **_versions()},
+              "base_model": loaded.base_model, "dtype": str(model.dtype).removeprefix("torch."),
+              "device": str(model.device), **_versions()},
     )
 
 
@@ -163,6 +169,22 @@ def _batch_size(batch_size, model, inputs: CellInputs, task, soft) -> int:
     if size < 1:
         raise GenftError(f"batch size must be a positive integer or 'auto' (got {batch_size!r})")
     return size
+
+
+def _backing_off(run, start: int):
+    """``--batch-size auto``: the memory estimate is a starting point; on out-of-memory the
+    cell is rerun with a smaller batch (accelerate's find_executable_batch_size: x0.9 each
+    time). Batches of a cell are independent, so the smaller batch gives the same scores."""
+    from accelerate.utils import find_executable_batch_size
+
+    try:
+        return find_executable_batch_size(run, starting_batch_size=start)()
+    except RuntimeError as e:
+        if "No executable batch size found" not in str(e):
+            raise
+        raise GenftError("out of memory even with batch size 1: the model and this cell's "
+                         "context do not fit on the device (try fewer --shots, --dtype bfloat16 "
+                         "or a device with more memory)") from None
 
 
 def _bar(enabled: bool, total: int, desc: str):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from genft.errors import GenftError, check_writable_dir
-from genft.models import DEFAULT_MODEL
+from genft.models import DEFAULT_MODEL, add_model_options
 from genft.tasks.cli import add_include_option
 from genft.tasks.demos import SAMPLERS
 from genft.tasks.labels import SCORINGS
@@ -36,6 +36,7 @@ def register(sub) -> None:
     p.add_argument("--reference", action="store_true",
                    help="use the slow, plain reference scorer (for checking the fast path)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_model_options(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -48,7 +49,7 @@ def _int_list(text: str, option: str) -> list[int]:
 
 def cmd_eval(args) -> None:
     from genft.evaluation.grid import evaluate_grid, plan_cells
-    from genft.models import load_model
+    from genft.models import ModelSpec, load_model, model_options, resolve_device
     from genft.tasks.registry import registry
 
     if args.no_progress:
@@ -66,8 +67,10 @@ def cmd_eval(args) -> None:
     tasks = registry(tuple(args.include)).select(args.tasks)
     shots = _int_list(args.shots, "--shots") if args.shots else None
     cells = plan_cells(tasks, shots, formats)
+    spec = ModelSpec.of(args.model).replace(**model_options(args))
+    resolve_device(spec.device)  # a GPU asked for but absent: one line, before anything is written
     check_writable_dir(args.out)  # before the model is loaded
-    loaded = load_model(args.model)
+    loaded = load_model(spec)
     evaluate_grid(loaded, cells, args.out, sampler=args.sampler, limit=args.limit,
                   batch_size=args.batch_size, seed=args.seed, scoring=args.scoring,
                   progress=not args.no_progress, fast_path=not args.reference)

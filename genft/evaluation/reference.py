@@ -20,7 +20,7 @@ def score_item(model, item: Item, soft_prompt: torch.Tensor | None, first_token:
     scores = []
     for cont in item.continuations:
         cont = cont[:1] if first_token else cont
-        ids = torch.tensor([item.context + cont])
+        ids = torch.tensor([item.context + cont], device=model.device)
         embeds = embed(model, ids, soft_prompt)
         logprobs = model(inputs_embeds=embeds).logits[0].float().log_softmax(-1)
         start = embeds.shape[1] - len(cont) - 1  # the position that predicts cont[0]
@@ -32,7 +32,7 @@ def score_item(model, item: Item, soft_prompt: torch.Tensor | None, first_token:
 def generate_item(model, tokenizer, item: Item, soft_prompt: torch.Tensor | None,
                   max_new_tokens: int) -> list[int]:
     """Greedy decoding with the model's own step-by-step KV cache; returns the new token ids."""
-    embeds = embed(model, torch.tensor([item.context]), soft_prompt)
+    embeds = embed(model, torch.tensor([item.context], device=model.device), soft_prompt)
     out = model(inputs_embeds=embeds, use_cache=True)
     new: list[int] = []
     while True:
@@ -42,5 +42,5 @@ def generate_item(model, tokenizer, item: Item, soft_prompt: torch.Tensor | None
         new.append(token)
         if len(new) >= max_new_tokens or generation_done(tokenizer, new):
             return new
-        out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values,
+        out = model(input_ids=torch.tensor([[token]], device=model.device), past_key_values=out.past_key_values,
                     use_cache=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from genft.models import add_model_options
+
 RESULT_FORMATS = ("csv", "json", "parquet")
 
 
@@ -21,6 +23,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: torch's choice; on a CPU shared with other "
                         "jobs, 1 can be much faster)")
+    add_model_options(p)  # override the config's `model:` options
     p.add_argument("--executor", choices=("local", "ray"),
                    help="where jobs run: this process (default; under torchrun/srun every process "
                         "joins in) or a Ray cluster (overrides the config's `executor:`)")
@@ -42,10 +45,11 @@ def register(sub) -> None:
 
 def cmd_run(args) -> None:
     from genft.api import run  # run + report, composed above both layers
+    from genft.models import model_options
 
     run(args.config, args.out, dry_run=args.dry_run, progress=not args.no_progress,
         report=not args.no_report, threads=args.threads, executor=args.executor,
-        ray_address=args.ray_address)
+        ray_address=args.ray_address, **model_options(args))
 
 
 def cmd_results(args) -> None:

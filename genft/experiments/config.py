@@ -11,10 +11,11 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_serializer, model_validator)
 
 from genft.errors import GenftError, short
-from genft.models import DEFAULT_MODEL
+from genft.models import DEFAULT_MODEL, ModelSpec
 from genft.tasks.demos import SAMPLERS
 from genft.tasks.schema import FORMATS
 from genft.training.method_registry import get_method, method_names
@@ -39,6 +40,19 @@ class Training(_Strict):
     batch_size: int = Field(8, gt=0)
     grad_accum: int = Field(1, gt=0)
     max_length: int = Field(512, gt=0)
+    mixed_precision: Literal["no", "bf16"] = Field(
+        "no", description="bf16: compute in bfloat16 (autocast), keep float32 weights")
+    gradient_checkpointing: bool = Field(False, description="less activation memory, slower steps")
+
+    @model_serializer(mode="wrap")
+    def _without_default_speed_keys(self, handler):
+        """The GPU keys are written out only when set, so a config without them dumps (and
+        hashes: the run's config_hash) as it did before they existed."""
+        data = handler(self)
+        for key in ("mixed_precision", "gradient_checkpointing"):
+            if data.get(key) == type(self).model_fields[key].default:
+                del data[key]
+        return data
     max_truncated_share: float = Field(0.1, ge=0, le=1, description="see docs/training.md")
 
     @model_validator(mode="before")
@@ -162,7 +176,9 @@ EXECUTION_KEYS = {"executor", "ray_address", "resources"}
 class ExperimentConfig(_Strict):
     name: str = Field("experiment", description="names the default output folder runs/<name>")
     description: str = ""
-    model: str = DEFAULT_MODEL
+    model: ModelSpec = Field(ModelSpec(name=DEFAULT_MODEL),
+                             description="a name, or {name, dtype, device, revision, "
+                                         "attn_implementation, trust_remote_code}")
     include: list[str] = Field([], description="extra task folders, relative to the config file")
     train_tasks: list[str] = Field(min_length=1)
     methods: dict[str, MethodSpec] = Field(default_factory=dict)
@@ -186,6 +202,13 @@ class ExperimentConfig(_Strict):
     ray_address: str | None = Field(None, description="executor ray: HOST:PORT, 'auto', or none "
                                                       "for a local Ray instance")
     resources: Resources = Resources()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value):
+        if isinstance(value, str):
+            return ModelSpec(name=value)
+        return value  # a mapping: pydantic validates it as a ModelSpec, naming the bad key
 
     @field_validator("methods")
     @classmethod

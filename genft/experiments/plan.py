@@ -112,7 +112,8 @@ def build_plan(cfg: ExperimentConfig, config_dir: Path = Path("."), world_size: 
             raise GenftError(f"train task {t.name!r} has no train split ({t.path})")
     tests = select_tests(cfg, reg, train_tasks)
     jobs = expand_jobs(cfg, train_tasks, include, world_size)
-    base = ModelRef(stable_hash({"base": cfg.model}), "base")
+    base = ModelRef(stable_hash({"base": cfg.model.identity()}), "base")
+    precision = eval_precision(cfg)
 
     cells: dict[str, Cell] = {}
     ck_tests = _checkpoint_tests(cfg, reg, tests)
@@ -120,27 +121,39 @@ def build_plan(cfg: ExperimentConfig, config_dir: Path = Path("."), world_size: 
         for task in tests:
             for k in shots_for(cfg, task):
                 for fmt in cfg.formats:
-                    _add(cells, cfg, model, task, k, fmt)
+                    _add(cells, cfg, model, task, k, fmt, precision)
         for task, ks, fmts in ck_tests:  # base and final models are the curve's end points
             for k in ks:
                 for fmt in fmts:
-                    _add(cells, cfg, model, task, k, fmt)
+                    _add(cells, cfg, model, task, k, fmt, precision)
     for job in jobs:
         for step in intermediate_steps(cfg, job):
             model = ModelRef(stable_hash({"job": job.key, "step": step}), job.label, job, step)
             for task, ks, fmts in ck_tests:
                 for k in ks:
                     for fmt in fmts:
-                        _add(cells, cfg, model, task, k, fmt)
+                        _add(cells, cfg, model, task, k, fmt, precision)
     return Plan(cfg, reg, base, jobs, tests, list(cells.values()), include)
 
 
-def _add(cells: dict, cfg: ExperimentConfig, model: ModelRef, task: Task, k: int, fmt: str) -> None:
+def eval_precision(cfg: ExperimentConfig) -> dict:
+    """The dtype models are evaluated in, as part of every cell key, once it is not float32
+    (``dtype: auto`` is bfloat16 on a GPU: a CPU run's float32 cells are not reused there).
+    Empty for float32, so keys from before dtypes existed still hold."""
+    from genft.models import resolve_device, resolve_dtype
+
+    dtype = resolve_dtype(cfg.model.dtype, resolve_device(cfg.model.device))
+    name = str(dtype).removeprefix("torch.")
+    return {} if name == "float32" else {"dtype": name}
+
+
+def _add(cells: dict, cfg: ExperimentConfig, model: ModelRef, task: Task, k: int, fmt: str,
+         precision: dict) -> None:
     limit = limit_for(cfg, task)
     scoring = cfg.scoring if task.type == "classification" else "greedy"  # generation ignores it
     key = stable_hash({"model": model.key, "task": task.name, "data": task.data_hash, "shots": k,
                        "format": fmt, "sampler": cfg.sampler, "scoring": scoring, "limit": limit,
-                       "seed": cfg.eval_seed, "scoring_version": SCORING_VERSION})
+                       "seed": cfg.eval_seed, "scoring_version": SCORING_VERSION, **precision})
     cells.setdefault(key, Cell(key, model, task.name, task.family, task.type, k, fmt, cfg.sampler,
                                cfg.scoring, limit, cfg.eval_seed, task.data_hash))
 
@@ -271,7 +284,7 @@ def _settings(cfg: ExperimentConfig, label: str, method: str, task_objs: list[Ta
         common["steps"] = None
     if "steps" in overrides:
         common["epochs"] = None
-    settings = {**common, **overrides, "model": cfg.model, "tasks": tasks, "method": method,
+    settings = {**common, **overrides, "model": cfg.model.model_dump(), "tasks": tasks, "method": method,
                 "train_size": size, "seed": seed, "include": list(include)}
     ck = cfg.checkpoints
     if ck is not None and (not ck.methods or label in ck.methods):
@@ -289,8 +302,7 @@ def _train_config(settings: dict, label: str) -> TrainConfig:
 def job_key(tc: TrainConfig, data: dict[str, str] | None = None) -> str:
     """Hash of the trainer's complete TrainConfig (defaults included) minus ``out``, and of
     ``data`` (each training task's data hash: the same settings on edited data are a new job)."""
-    full = tc.model_dump()
-    full.pop("out")
+    full = tc.identity()
     full.pop("include")  # where task files live is not what the job computes
     if data:
         full["data"] = data

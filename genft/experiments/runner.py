@@ -71,14 +71,18 @@ def default_out(cfg: ExperimentConfig) -> Path:
 def run_experiment(config, out: str | Path | None = None, *, dry_run: bool = False,
                    progress: bool = True, backends: Backends | None = None,
                    threads: int | None = None, executor: str | None = None,
-                   ray_address: str | None = None, echo: Callable[[str], None] = print) -> RunOutcome:
+                   ray_address: str | None = None, echo: Callable[[str], None] = print,
+                   model_options: dict | None = None) -> RunOutcome:
     """Run (or resume) a grid; ``threads`` sets torch's CPU threads (on a CPU shared with
     other jobs, 1 thread can be several times faster than oversubscribed cores).
-    ``executor``/``ray_address`` override the config's (see genft.experiments.executors).
+    ``executor``/``ray_address`` override the config's (see genft.experiments.executors);
+    ``model_options`` (dtype, device, revision, ...) override the config's ``model:``.
 
     Under torchrun/srun every process calls this: rank 0 alone holds the lock, writes the
     store and the report; the others train and evaluate alongside it."""
     cfg, cfg_dir = parse_config(config)
+    if model_options:
+        cfg = cfg.model_copy(update={"model": cfg.model.replace(**model_options)})
     if threads is not None:
         if threads < 1:
             raise GenftError(f"--threads must be at least 1 (got {threads})")
@@ -132,6 +136,8 @@ class _Runner:
         self.log = _file_logger(out / LOG_FILE) if distributed.is_main() else logging.getLogger("genft.rank")
         self.stages: dict[str, float] = defaultdict(float)
         self.config_hash = stable_hash(plan.config.model_dump(exclude=EXECUTION_KEYS))
+        spec = plan.config.model.model_dump()  # the name alone while every option is a default
+        self.load_options = {k: v for k, v in spec.items() if k != "name"} if isinstance(spec, dict) else {}
         self.computed = self.trained = 0
         self.run_id = None
 
@@ -150,7 +156,7 @@ class _Runner:
                         position=0, disable=not self.progress, dynamic_ncols=True)
         status = "failed"
         try:
-            units = self._eval_units(self.plan.base, cfg.model, done)
+            units = self._eval_units(self.plan.base, cfg.model.name, done)
             for job in self.plan.jobs:
                 units += self._job_units(job, trained.get(job.key), done)
             self.executor.run(units)
@@ -268,7 +274,7 @@ class _Runner:
         if model.job is not None:
             name += f" ({'+'.join(model.job.tasks)})"
         args = (self.b, str(ref), pending, tuple(self.plan.include), self.plan.config.eval_batch_size,
-                self.progress and self.executor.in_process)
+                self.progress and self.executor.in_process, self.load_options)
         return [Unit("eval", evaluate_model, args, lambda r: self._evaluated(name, r, done),
                      label=name)]
 
@@ -361,12 +367,14 @@ def _param_change(b: Backends, base_model: str, path: str) -> dict | None:
 
 
 def evaluate_model(b: Backends, ref: str, cells: list[Cell], include: tuple[str, ...],
-                   batch_size: int, progress: bool) -> Iterator[EvaluatedCell]:
-    """Load ``ref`` once and evaluate each cell, yielding each result as soon as it exists."""
+                   batch_size: int, progress: bool, load_options: dict | None = None
+                   ) -> Iterator[EvaluatedCell]:
+    """Load ``ref`` once (with the config's placement/precision ``load_options``) and evaluate
+    each cell, yielding each result as soon as it exists."""
     from genft.tasks.registry import registry
 
     start = time.time()
-    loaded = b.load_model(ref)
+    loaded = b.load_model(ref, **(load_options or {}))
     tasks = registry(include)
     for cell in cells:
         result = b.evaluate_cell(loaded, tasks.get(cell.task), cell.shots, cell.format,

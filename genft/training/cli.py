@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
+from genft.models import ModelSpec, add_model_options, model_options
 from genft.training.config import TrainConfig
 from genft.training.method_registry import method_names
 
 # CLI flag -> TrainConfig field, for the options that map one to one.
-_PASSTHROUGH = ["model", "method", "train_size", "epochs", "steps", "lr", "lr_schedule",
+_PASSTHROUGH = ["method", "train_size", "epochs", "steps", "lr", "lr_schedule",
                 "warmup_steps", "weight_decay", "max_grad_norm", "batch_size", "grad_accum",
                 "max_length", "max_truncated_share", "shots", "seed", "save_every", "prompt_length", "prompt_init",
                 "prompt_init_text", "stage1_steps", "stage1_lr", "stage1_eval_every", "dev_size",
-                "stage2", "promot_shots", "lora_r", "lora_alpha", "lora_dropout"]
+                "stage2", "promot_shots", "lora_r", "lora_alpha", "lora_dropout",
+                "mixed_precision", "gradient_checkpointing"]
 
 
 def register(sub) -> None:
@@ -23,7 +25,7 @@ def register(sub) -> None:
         description="Fine-tune a model on one or more tasks. Inputs use the task's prompt1 format; "
                     "the loss covers the answer (and its blank-line terminator) only. Runs "
                     "data-parallel under torchrun, srun or `accelerate launch --multi_gpu`. Writes OUT/final (a genft checkpoint).")
-    p.add_argument("--model", default=TrainConfig.model_fields["model"].default,
+    p.add_argument("--model", default=TrainConfig.model_fields["model"].default.name,
                    help="model alias, local directory or Hub id")
     p.add_argument("--task", "--tasks", dest="tasks", required=True, metavar="T[,T2...]",
                    help="task name(s), comma-separated (family:NAME selects a family)")
@@ -51,6 +53,10 @@ def register(sub) -> None:
     g.add_argument("--shots", type=int, help="FTICL demos per input (default: the task's fticl_shots)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--save-every", type=int, help="intermediate checkpoint every N steps")
+    g.add_argument("--mixed-precision", choices=["no", "bf16"], default="no",
+                   help="bf16: compute in bfloat16, keep float32 weights (GPU)")
+    g.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: less memory, slower")
     g = p.add_argument_group("soft prompts and ProMoT")
     g.add_argument("--prompt-length", type=int, default=20)
     g.add_argument("--prompt-init", choices=["text", "vocab", "random"], default="text")
@@ -66,6 +72,7 @@ def register(sub) -> None:
     g.add_argument("--lora-alpha", type=int, default=16)
     g.add_argument("--lora-dropout", type=float, default=0.0)
     g.add_argument("--lora-targets", default="q_proj,v_proj", help="comma-separated module names")
+    add_model_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("diff", help="how much a checkpoint's weights moved from its base model",
@@ -81,7 +88,8 @@ def register(sub) -> None:
 
 def config_from_args(args) -> TrainConfig:
     fields = {k: getattr(args, k) for k in _PASSTHROUGH}
-    return TrainConfig(**fields, out=args.out, include=args.include,
+    model = ModelSpec.of(args.model).replace(**model_options(args))
+    return TrainConfig(**fields, model=model, out=args.out, include=args.include,
                        tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
                        lora_targets=[t.strip() for t in args.lora_targets.split(",") if t.strip()])
 

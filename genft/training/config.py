@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genft.errors import GenftError, did_you_mean
-from genft.models import DEFAULT_MODEL
+from genft.models import DEFAULT_MODEL, ModelSpec
 from genft.training.method_registry import get_method
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    model: str = DEFAULT_MODEL
+    model: ModelSpec = Field(ModelSpec(name=DEFAULT_MODEL),
+                             description="a name, or a mapping {name, dtype, device, revision, ...}")
     tasks: list[str] = Field(min_length=1)
     method: str = Field("ft", description="a registered method (genft.training.method_registry)")
     include: list[str] = Field([], description="extra task YAML folders")
@@ -46,6 +47,12 @@ class TrainConfig(BaseModel):
     seed: int = 0
     save_every: int | None = Field(None, gt=0, description="intermediate checkpoint every N steps")
 
+    # memory and speed on a GPU
+    mixed_precision: Literal["no", "bf16"] = Field(
+        "no", description="bf16: compute in bfloat16 (autocast), keep float32 weights")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, ~30% slower")
+
     # soft prompts (prompt-tuning, promot, joint)
     prompt_length: int = Field(20, gt=0, description="virtual tokens per soft prompt")
     prompt_init: Literal["text", "vocab", "random"] = "text"
@@ -71,6 +78,11 @@ class TrainConfig(BaseModel):
         except ValidationError as e:
             raise GenftError(_one_line(e)) from None
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value):
+        return ModelSpec.of(value)
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         try:
@@ -88,8 +100,15 @@ class TrainConfig(BaseModel):
         return self.lr if self.lr is not None else get_method(self.method).default_lr
 
     def identity(self) -> dict:
-        """What makes two runs the same run (for --resume and the output-directory guard)."""
-        return self.model_dump(exclude={"out"})
+        """What makes two runs the same run (for --resume, the output-directory guard and the
+        grid's job keys). Placement (device, attention kernel, gradient checkpointing) does not
+        change what is computed; mixed precision does, and counts once switched on. Without
+        these options a run's identity is what it was before they existed."""
+        data = self.model_dump(exclude={"out", "gradient_checkpointing", "model"})
+        data["model"] = self.model.identity()
+        if self.mixed_precision == "no":
+            del data["mixed_precision"]
+        return data
 
 
 def _one_line(e: ValidationError) -> str:

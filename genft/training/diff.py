@@ -25,10 +25,13 @@ def param_change(base, checkpoint) -> dict:
     """``{"overall": stats, "by_module": {type: stats}, "by_layer": {layer: {type: stats}}}``
     (layer indices as strings, for JSON); stats = params, mean_abs_change, mean_abs_base,
     relative_change (= sum|Δ| / sum|base|), max_abs_change."""
-    from genft.models import load_model
+    from genft.models import ModelSpec, load_model
 
-    base_model = base if isinstance(base, torch.nn.Module) else load_model(str(base)).model
-    tuned = load_model(str(checkpoint)).model
+    # float32 whatever the run evaluates in: the changes are ~1e-5 of the weights, below bf16's step
+    if not isinstance(base, torch.nn.Module):
+        base = load_model(base if isinstance(base, ModelSpec) else str(base), dtype="float32").model
+    base_model = base
+    tuned = load_model(str(checkpoint), dtype="float32", device=str(base_model.device)).model
     if hasattr(tuned, "merge_and_unload"):
         tuned = tuned.merge_and_unload()
     base_params = dict(base_model.named_parameters())

@@ -52,15 +52,13 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
 
     out = Path(cfg.out)
     distributed.init()  # srun's variables become torchrun's before Accelerate reads them
-    # cpu=True on a CPU-only machine: without it Accelerate 1.15 ignores a torchrun launch
-    # (every process would train alone, DistributedType.NO) instead of DDP over gloo
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(**_placement(cfg))
     if resume and _sharded(accelerator):
         raise GenftError("--resume needs the whole optimizer state in one process (single "
                          "process or DDP); FSDP and DeepSpeed shard it")
     tasks = registry(tuple(cfg.include)).select(cfg.tasks)
     pools = [train_pool(t, cfg.train_size) for t in tasks]
-    loaded = loaded or load_model(cfg.model)
+    loaded = loaded or load_model(cfg.model, training=True)
     _check_inputs(cfg, tasks, loaded, out, accelerator)
     plan = stages(cfg, tasks)
     examples = _stage_examples(cfg, plan, tasks, pools, loaded.tokenizer, progress)
@@ -157,7 +155,9 @@ class _Run:
         self.tokenizer = loaded.tokenizer
         self.lm = loaded.model
         self.lm.train()
-        self.prompts = (make_prompts(cfg, tasks, self.lm, resolve(cfg.model))
+        if cfg.gradient_checkpointing:
+            _checkpoint_activations(self.lm)
+        self.prompts = (make_prompts(cfg, tasks, self.lm, resolve(cfg.model.name))
                         if uses_prompts(cfg) else None)
         self.progress = progress and accelerator.is_main_process
         self.world = accelerator.num_processes
@@ -220,7 +220,8 @@ class _Run:
             inputs = collate([examples[i] for i in batch], self.tokenizer.pad_token_id)
             n_tokens += sum(len(examples[i].input_ids) for i in batch)
             last_micro_batch = j == len(mine) - 1
-            with nullcontext() if last_micro_batch else self.acc.no_sync(self.wrapped):
+            with nullcontext() if last_micro_batch else self.acc.no_sync(self.wrapped), \
+                    self.autocast():
                 loss_sum = self.wrapped(**{k: v.to(self.acc.device) for k, v in inputs.items()})
                 self.acc.backward(loss_sum * (self.world / n_answer))
             total_loss += loss_sum.detach()
@@ -233,6 +234,13 @@ class _Run:
         loss = (self.acc.reduce(total_loss, "sum") / n_answer).item()
         tokens = self.acc.reduce(torch.tensor(n_tokens, device=self.acc.device), "sum").item()
         return loss, int(tokens)
+
+    def autocast(self):
+        """bf16 compute with float32 weights (``mixed_precision: bf16``). Done here rather than by
+        ``Accelerator(mixed_precision=...)``: accelerate fixes that once per process, and one
+        `genft run` trains jobs with and without it."""
+        return torch.autocast(self.acc.device.type, dtype=torch.bfloat16,
+                              enabled=self.cfg.mixed_precision == "bf16")
 
     def _schedule(self, stage: Stage, examples):
         """(number of optimizer steps, step -> list of global micro-batches)."""
@@ -256,7 +264,8 @@ class _Run:
                    if self.prompts is not None else None)
         if self.acc.is_main_process:
             weights = ckpt.weights_kind(stage.model)
-            meta = {"base_model": self.cfg.model, "method": self.cfg.method,
+            revision = {"base_revision": self.cfg.model.revision} if self.cfg.model.revision else {}
+            meta = {"base_model": self.cfg.model.name, **revision, "method": self.cfg.method,
                     "tasks": [t.name for t in self.tasks], "stage": stage.name, "step": step,
                     "train_config": self.cfg.identity(),
                     "truncation": self.examples[stage.name][1]}
@@ -337,7 +346,7 @@ class _BestOnDev:
         module = self.run.acc.unwrap_model(self.run.wrapped)
         total, count = 0.0, 0
         module.eval()  # no dropout while measuring: the dev loss must not depend on the noise
-        with torch.no_grad():
+        with torch.no_grad(), self.run.autocast():
             for b in range(0, len(self.examples), self.run.cfg.batch_size):
                 batch = self.examples[b:b + self.run.cfg.batch_size]
                 inputs = collate(batch, self.run.tokenizer.pad_token_id)
@@ -357,6 +366,32 @@ class _BestOnDev:
         with torch.no_grad():
             for prompt, best in zip(self.run.prompts, self.best):
                 prompt.embedding.weight.copy_(best)
+
+
+def _checkpoint_activations(lm) -> None:
+    """Recompute each decoder layer's activations in the backward pass. Non-reentrant, so it
+    is also right when the embeddings are frozen (LoRA, prompt tuning). transformers 5.2x
+    renamed gradient_* to activation_checkpointing_enable; older 5.x has only the former."""
+    import inspect
+
+    kwargs = {"use_reentrant": False}
+    new = getattr(lm, "activation_checkpointing_enable", None)
+    if new is not None and "activation_checkpointing_kwargs" in inspect.signature(new).parameters:
+        new(activation_checkpointing_kwargs=kwargs)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _placement(cfg: TrainConfig) -> dict:
+    """Accelerator options from the model's device: accelerate takes each process's GPU by
+    itself. cpu=True whenever the device is the CPU: without it Accelerate 1.15 ignores a
+    torchrun launch on a CPU-only machine (every process would train alone)."""
+    from genft.models import resolve_device
+
+    device = resolve_device(cfg.model.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # one process on a chosen GPU
+    return {"cpu": device.type == "cpu"}
 
 
 def _sharded(accelerator) -> bool:
