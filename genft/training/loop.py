@@ -65,6 +65,10 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
     finished = _claim(out, cfg, resume, accelerator)
     if finished:
         return finished
+    # Every random draw of the run (dropout, and anything a model or library draws from
+    # torch's global generator) follows from cfg.seed, not from what ran earlier in this
+    # process (`genft run` trains its jobs one after another in one process).
+    torch.manual_seed(cfg.seed)
     run = _Run(cfg, accelerator, out, tasks, pools, loaded, progress)
     run.examples = examples
     for i, stage in enumerate(plan):
@@ -268,7 +272,9 @@ class _Run:
             meta = {"base_model": self.cfg.model.name, **revision, "method": self.cfg.method,
                     "tasks": [t.name for t in self.tasks], "stage": stage.name, "step": step,
                     "train_config": self.cfg.identity(),
-                    "truncation": self.examples[stage.name][1]}
+                    "truncation": self.examples[stage.name][1],
+                    # CPU results depend on it (the order of floating-point sums), not the key
+                    "torch_threads": torch.get_num_threads()}
             ckpt.write_checkpoint(path, lm_state=lm_state, lm=self.acc.unwrap_model(self.wrapped).lm,
                                   tokenizer=self.tokenizer, prompt_tensors=prompts,
                                   weights=weights, meta=meta)
