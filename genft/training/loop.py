@@ -186,6 +186,7 @@ class _Run:
         optimizer = torch.optim.AdamW(param_groups(module, self.cfg.weight_decay), lr=stage.lr,
                                       fused=_fused_ok(trainable))
         start = self._resume_point(stage, optimizer) if last and resume else 0
+        self._trim_log(stage, start)
         self.wrapped, optimizer = self.acc.prepare(module, optimizer)
         distributed.note("train", stage=stage.name, processes=self.acc.num_processes,
                          wrapper=type(self.wrapped).__name__)
@@ -321,6 +322,26 @@ class _Run:
                     prompt.embedding.weight.copy_(tensor)
 
     # ------------------------------------------------------------------ logging
+
+    def _trim_log(self, stage: Stage, start: int) -> None:
+        """Drop what a killed attempt logged for this stage after ``start`` (the step it
+        restarts from: 0 without an intermediate checkpoint), so that every step of the
+        run's log appears once, with the values of the steps that made the weights."""
+        path = self.out / LOG_FILE
+        if not self.acc.is_main_process or not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by the kill
+            mine = row.get("stage") in (stage.name, f"{stage.name}-dev")
+            if not (mine and (row.get("step", 0) > start or start == 0)):
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if kept != lines:
+            path.write_text("".join(kept))
 
     def _log(self, stage, step, loss, lr, tokens, seconds, bar) -> None:
         if not self.acc.is_main_process:
