@@ -2,6 +2,7 @@
 
     import genft
     outcome = genft.run("examples/quickstart.yaml", out="runs/quickstart")  # = genft run
+    genft.run("examples/quickstart.yaml", overrides=["training.lr=1e-4"])  # = genft run CFG training.lr=1e-4
     df = genft.load_results("runs/quickstart")                              # tidy pandas table
     ckpt = genft.train(tasks=["tweet_sentiment"], method="ft", steps=40, out="runs/ft")
     cell = genft.evaluate(ckpt, "bbc_headline", shots=1)                    # one CellResult
@@ -16,25 +17,39 @@ from pathlib import Path
 import pandas as pd
 
 
-def run(config, out: str | Path | None = None, *, dry_run: bool = False, progress: bool = True,
-        report: bool = True, threads: int | None = None, executor: str | None = None,
-        ray_address: str | None = None, backends=None, echo=print, **model_options):
+def run(config, out: str | Path | None = None, *, overrides=(), model: str | None = None,
+        dry_run: bool = False, progress: bool = True, report: bool = True,
+        threads: int | None = None, executor: str | None = None, ray_address: str | None = None,
+        backends=None, echo=print, **model_options):
     """Run (or resume) the grid of ``config`` (a YAML path, a dict or an ExperimentConfig),
     then write its report: the one place that composes the two layers (the runner knows
-    nothing of reports; the report reads only the store). ``model_options`` (dtype, device,
-    revision, attn_implementation, trust_remote_code) override the config's ``model:``.
+    nothing of reports; the report reads only the store).
+
+    ``overrides``: ``"KEY=VALUE"`` strings applied to the config before it is validated
+    (``["training.lr=1e-4", "methods.ft.steps=20", "shots.sentiment=[0,4]"]``, the values
+    read as YAML; docs/config.md#overrides). ``model``: the model's name (= ``model=NAME``,
+    after the overrides); ``model_options`` (dtype, device, revision, attn_implementation,
+    trust_remote_code) then override the model's options. The run stores (and keys its jobs
+    and cells by) the config as overridden, so the same overrides resume the same run.
 
     Returns a RunOutcome: ``out``, ``plan``, ``computed`` (cells computed by this call),
     ``trained`` (jobs trained by this call) and ``report`` (the HTML path). ``backends``
     replaces the real loader/trainer/evaluator (tests use fakes)."""
     from genft import distributed
     from genft.errors import disk_full_is_one_line
+    from genft.experiments.config import Override
     from genft.experiments.runner import run_experiment
     from genft.report import build_report
 
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    overrides = [o if isinstance(o, Override) else Override.parse(o) for o in overrides]
+    if model is not None:
+        overrides.append(Override(("model",), model, f"model={model}"))
     outcome = run_experiment(config, out, dry_run=dry_run, progress=progress, threads=threads,
                              executor=executor, ray_address=ray_address, backends=backends,
-                             echo=echo, model_options=_model_options(model_options))
+                             echo=echo, model_options=_model_options(model_options),
+                             overrides=overrides)
     if report and not dry_run and distributed.is_main():  # rank 0 alone writes (torchrun/srun)
         with disk_full_is_one_line(outcome.out, "writing the report"):
             outcome.report = build_report(outcome.out)
