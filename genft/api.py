@@ -67,18 +67,22 @@ def train(*, out: str | Path, progress: bool = True, resume: bool = False, **set
     return Path(_train(TrainConfig(**settings, out=str(out)), progress=progress, resume=resume))
 
 
-def evaluate(model, task, shots: int = 0, fmt: str = "prompt1", *, dtype: str | None = None,
+def evaluate(model, task, shots: int = 0, format: str = "prompt1", *, dtype: str | None = None,
              device: str | None = None, revision: str | None = None,
              attn_implementation: str | None = None, trust_remote_code: bool | None = None,
              **kwargs):
     """Evaluate one cell. ``model``: a name, a checkpoint directory, a mapping {name, dtype,
     device, ...} or a LoadedModel (the placement options apply to the first three);
-    ``task``: a task name or Task. Other keyword arguments go to evaluate_cell (sampler,
-    limit, batch_size, seed, scoring, progress). Returns a CellResult."""
+    ``task``: a task name or Task; ``format``: the prompt wording (prompt1, prompt2), as a
+    config's ``formats``. Other keyword arguments go to evaluate_cell (sampler, limit,
+    batch_size, seed, scoring, progress). Returns a CellResult."""
+    from genft.errors import GenftError
     from genft.evaluation import evaluate_cell
     from genft.models import ModelSpec, load_model
     from genft.tasks import registry
 
+    if "fmt" in kwargs:  # the keyword's name before one vocabulary (docs/cli.md)
+        raise GenftError("genft.evaluate: fmt= is now format= (the prompt wording)")
     if isinstance(model, (str, Path, dict, ModelSpec)):
         spec = ModelSpec.of(str(model) if isinstance(model, Path) else model)
         loaded = load_model(spec, dtype=dtype, device=device, revision=revision,
@@ -87,7 +91,7 @@ def evaluate(model, task, shots: int = 0, fmt: str = "prompt1", *, dtype: str | 
     else:
         loaded = model
     task = registry().get(task) if isinstance(task, str) else task
-    return evaluate_cell(loaded, task, shots, fmt, **kwargs)
+    return evaluate_cell(loaded, task, shots, format, **kwargs)
 
 
 def _model_options(options: dict) -> dict:

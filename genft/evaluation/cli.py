@@ -18,7 +18,7 @@ def register(sub) -> None:
                     "OUT/results.jsonl, its items to OUT/items/; rerunning skips finished cells. "
                     "Under torchrun/srun (see docs/scaling.md) the items are split across processes.")
     add_include_option(p)
-    p.add_argument("--model", default=DEFAULT_MODEL,
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME",
                    help="model to evaluate: an alias, a Hub id, a directory, a PEFT adapter or a "
                         "genft checkpoint")
     p.add_argument("--tasks", required=True, metavar="T1,T2|family:F",

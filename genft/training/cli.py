@@ -25,7 +25,7 @@ def register(sub) -> None:
                     "the loss covers the answer (and its blank-line terminator) only. Runs "
                     "data-parallel under torchrun, srun or `accelerate launch --multi_gpu`. "
                     "Writes OUT/final (a genft checkpoint).")
-    p.add_argument("--model", default=TrainConfig.model_fields["model"].default.name,
+    p.add_argument("--model", default=TrainConfig.model_fields["model"].default.name, metavar="NAME",
                    help="model alias, local directory or Hub id")
     p.add_argument("--tasks", required=True, metavar="T1,T2|family:F",
                    help="task name(s) to train on, comma-separated (family:NAME selects a family)")
@@ -34,7 +34,8 @@ def register(sub) -> None:
                    help="also load task YAMLs from DIR (repeatable)")
     p.add_argument("--method", default="ft", metavar="|".join(method_names()),
                    help="training method (see docs/training.md)")
-    p.add_argument("--out", required=True, help="output directory (new, or this run's for --resume)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output directory (new, or this run's for --resume)")
     p.add_argument("--resume", action="store_true", help="continue this run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("data and schedule")
