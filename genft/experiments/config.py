@@ -345,9 +345,7 @@ def parse_config(config: str | Path | dict | ExperimentConfig, overrides: Sequen
 
 
 def _dict_message(e: ValidationError) -> str:
-    err = e.errors()[0]
-    msg = short(err["msg"].removeprefix("Value error, "), 320, plain=True)
-    return f"config: {'.'.join(map(str, err['loc']))}: {msg}"
+    return validation_message(Path("config"), "", e, ExperimentConfig)  # no file, no line
 
 
 @dataclass(frozen=True)
