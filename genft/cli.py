@@ -7,6 +7,7 @@ listed in docs/cli.md (tests/test_cli_docs.py walks build_parser() to keep it so
 
 from __future__ import annotations
 
+import os
 import sys
 
 from genft._version import __version__
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genft: interrupted; finished results are saved", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `genft results DIR -o - | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 if __name__ == "__main__":

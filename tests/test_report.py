@@ -120,6 +120,21 @@ def test_results_dash_o_dash_parquet_is_binary_on_stdout(out, tmp_path):
     assert not (tmp_path / "-").exists()
 
 
+def test_results_to_a_reader_that_stopped_reading_is_quiet(out):
+    """`genft results DIR -o - | head -1`: no BrokenPipeError traceback, the shell's 141."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "genft.cli", "results", str(out), "-o", "-"],
+                          stdout=write, stderr=subprocess.PIPE, env=env)
+    os.close(write)
+    assert done.returncode == 141 and done.stderr == b""
+
+
 def test_genft_report_on_a_directory_without_results_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 It is pure data, validated by pydantic (unknown keys are errors with the nearest
 valid name, reported as ``file:line: field: problem``). docs/config.md documents
-every key; examples/*.yaml are complete configs.
+every key; examples/*.yaml are complete configs. `genft run CONFIG KEY=VALUE ...`
+(Override) changes the loaded mapping before validation. The trainer keys of
+``training:`` and of each method entry are derived from TrainConfig (training_keys).
 """
 
 from __future__ import annotations
