@@ -59,7 +59,7 @@ def evaluate(model, task, shots: int = 0, fmt: str = "prompt1", *, dtype: str | 
     """Evaluate one cell. ``model``: a name, a checkpoint directory, a mapping {name, dtype,
     device, ...} or a LoadedModel (the placement options apply to the first three);
     ``task``: a task name or Task. Other keyword arguments go to evaluate_cell (sampler,
-    limit, batch_size, seed, scoring, progress). Returns a CellResult."""
+    limit, batch_size, seed, scoring, backend, progress). Returns a CellResult."""
     from genft.evaluation import evaluate_cell
     from genft.models import ModelSpec, load_model
     from genft.tasks import registry

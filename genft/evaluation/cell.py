@@ -96,7 +96,7 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
                 raw = engine.loglikelihood(scored, soft_prompt=soft, batch_size=size,
                                            progress=bar.update if bar else None)
             else:
-                raw = engine.generate_until(scored, task.spec.max_new_tokens, soft_prompt=soft,
+                raw = engine.generate_until(inputs, task.spec.max_new_tokens, soft_prompt=soft,
                                             batch_size=size, progress=bar.update if bar else None)
         finally:
             if bar:
