@@ -34,12 +34,16 @@ def register(sub) -> None:
 
     p = sub.add_parser("results", help="export the tidy results table (one row per cell and metric)",
                        description="Export DIR's results as a tidy table: one row per evaluation "
-                                   "cell and metric, ready for pandas.")
-    p.add_argument("dir", help="a `genft run` output directory")
+                                   "cell and metric, ready for pandas (--items: one row per "
+                                   "test item, with its prediction, gold answer and score).")
+    p.add_argument("dir", help="a `genft run` or `genft eval` output directory")
     p.add_argument("--format", choices=RESULT_FORMATS, default="csv")
-    p.add_argument("--output", "-o", metavar="FILE", help="default: DIR/results.<format>")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="default: DIR/results.<format> (DIR/items.<format> with --items)")
     p.add_argument("--all", action="store_true",
                    help="every cell ever stored, not only those of the latest run's plan")
+    p.add_argument("--items", action="store_true",
+                   help="per-item predictions instead of per-cell metrics")
     p.set_defaults(func=cmd_results)
 
 
@@ -55,4 +59,4 @@ def cmd_run(args) -> None:
 def cmd_results(args) -> None:
     from genft.experiments.results import export_results
 
-    print(export_results(args.dir, args.format, args.output, all_cells=args.all))
+    print(export_results(args.dir, args.format, args.output, all_cells=args.all, items=args.items))

@@ -27,6 +27,12 @@ Format = Literal["prompt1", "prompt2"]
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # no '/', no '.' or '..', no hidden file
 
 
+def _known_sampler(name: str) -> str:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    return name
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -241,9 +247,7 @@ class ExperimentConfig(_Strict):
     @field_validator("sampler")
     @classmethod
     def _sampler(cls, name: str) -> str:
-        if name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-        return name
+        return _known_sampler(name)
 
     @field_validator("shots")
     @classmethod
@@ -273,6 +277,28 @@ class ExperimentConfig(_Strict):
         return self.methods[name].method or name
 
 
+class EvalConfig(_Strict):
+    """`genft eval`: one model over tasks × shots × formats. Its keys are named as in
+    ExperimentConfig, so the planner builds its cells (and their keys) as it builds the base
+    model's cells of an experiment: the same model and settings share cells across both."""
+
+    model: ModelSpec = ModelSpec(name=DEFAULT_MODEL)
+    tasks: list[str] = Field(min_length=1, description="task names and/or family:NAME")
+    include: list[str] = Field([], description="extra task folders, relative to the cwd")
+    shots: list[int] | None = Field(None, description="default: each task's own list")
+    formats: list[Format] = Field(list(FORMATS), min_length=1)
+    limit: int | None = Field(None, ge=1)
+    sampler: str = "first"
+    scoring: Literal["loglik", "first-token"] = "loglik"
+    eval_seed: int = 0
+    eval_batch_size: int | Literal["auto"] = 8
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, name: str) -> str:
+        return _known_sampler(name)
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate a config file; every problem is one GenftError line."""
     return load_yaml_model(Path(path), ExperimentConfig, "experiment settings")
@@ -292,5 +318,5 @@ def parse_config(config: str | Path | dict | ExperimentConfig) -> tuple[Experime
     return load_config(config), Path(config).resolve().parent
 
 
-__all__ = ["ExperimentConfig", "Resources", "TaskResources", "EXECUTION_KEYS", "Training",
+__all__ = ["ExperimentConfig", "EvalConfig", "Resources", "TaskResources", "EXECUTION_KEYS", "Training",
            "MethodSpec", "Checkpoints", "load_config", "parse_config", "FORMATS"]
