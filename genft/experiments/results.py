@@ -1,4 +1,5 @@
-"""The tidy results table: one row per (cell, metric), ready for pandas.
+"""The tidy results table: one row per (cell, metric), ready for pandas (and the per-item
+table, one row per (cell, test item): :func:`load_items`).
 
 Besides the metrics the evaluator stored, every generation cell gets two derived
 ones computed from its per-item predictions:

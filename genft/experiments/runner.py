@@ -1,5 +1,6 @@
-"""`genft run`: execute a plan — train what is missing, evaluate what is missing (the report
-is written by the caller: genft.api.run composes run + report).
+"""`genft run` and `genft eval`: execute a plan — train what is missing, evaluate what is
+missing (the report is written by the caller: genft.api.run composes run + report;
+`genft eval`'s plan is one model and no training, genft.api.evaluate_tasks).
 
 Order: the base model's cells first (the reference row), then for each training
 job: train (or find its checkpoint in the store), evaluate its final model, then
