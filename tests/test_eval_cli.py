@@ -48,6 +48,7 @@ def test_eval_stores_cells_and_items_and_resumes(smol, tmp_path):
     assert [c["task"] for c in cells] == ["tweet_sentiment", "bbc_headline"]
     assert {"family", "shots", "format", "metrics", "n", "seconds", "model_label"} <= set(cells[0])
     assert cells[0]["provenance"]["info"]["transformers"] and cells[0]["n"] == 2
+    assert "evaluating base: 2 cells" in (tmp_path / "genft.log").read_text()  # as the unit starts
     items = genft.load_items(tmp_path)
     assert set(items.columns) >= {"test_task", "shots", "format", "item_id", "prompt_hash",
                                   "prediction", "gold", "scores"}

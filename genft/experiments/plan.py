@@ -179,8 +179,8 @@ def eval_precision(cfg: ExperimentConfig | EvalConfig) -> dict:
     return {} if name == "float32" else {"dtype": name}
 
 
-def _add(cells: dict, cfg: ExperimentConfig | EvalConfig, model: ModelRef, task: Task, k: int, fmt: str,
-         precision: dict) -> None:
+def _add(cells: dict, cfg: ExperimentConfig | EvalConfig, model: ModelRef, task: Task, k: int,
+         fmt: str, precision: dict) -> None:
     limit = limit_for(cfg, task)
     scoring = cfg.scoring if task.type == "classification" else "greedy"  # generation ignores it
     key = stable_hash({"model": model.key, "task": task.name, "data": task.data_hash, "shots": k,
