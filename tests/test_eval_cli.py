@@ -218,7 +218,7 @@ def test_results_items_and_report_work_on_an_eval_folder(smol, tmp_path, capsys)
     assert set(table["test_task"]) == {"tweet_sentiment", "bbc_headline"}
     assert set(table["model"]) == {"base"} and table["primary"].sum() == 2
     for fmt, read in (("csv", pd.read_csv), ("json", pd.read_json), ("parquet", pd.read_parquet)):
-        assert main(["results", str(tmp_path), "--items", "--format", fmt]) == 0
+        assert main(["results", str(tmp_path), "--items", "--to", fmt]) == 0
         assert capsys.readouterr().out.strip() == str(tmp_path / f"items.{fmt}")
         items = read(tmp_path / f"items.{fmt}")
         assert len(items) == 4  # 2 cells × 2 items
