@@ -22,7 +22,8 @@ def run(config, out: str | Path | None = None, *, dry_run: bool = False, progres
     """Run (or resume) the grid of ``config`` (a YAML path, a dict or an ExperimentConfig),
     then write its report: the one place that composes the two layers (the runner knows
     nothing of reports; the report reads only the store). ``model_options`` (dtype, device,
-    revision, attn_implementation, trust_remote_code) override the config's ``model:``.
+    revision, attn_implementation, trust_remote_code, chat_template) override the config's
+    ``model:``.
 
     Returns a RunOutcome: ``out``, ``plan``, ``computed`` (cells computed by this call),
     ``trained`` (jobs trained by this call) and ``report`` (the HTML path). ``backends``
@@ -55,9 +56,10 @@ def train(*, out: str | Path, progress: bool = True, resume: bool = False, **set
 def evaluate(model, task, shots: int = 0, fmt: str = "prompt1", *, dtype: str | None = None,
              device: str | None = None, revision: str | None = None,
              attn_implementation: str | None = None, trust_remote_code: bool | None = None,
-             **kwargs):
+             chat_template: bool | None = None, **kwargs):
     """Evaluate one cell. ``model``: a name, a checkpoint directory, a mapping {name, dtype,
-    device, ...} or a LoadedModel (the placement options apply to the first three);
+    device, ...} or a LoadedModel (the model options apply to the first three; ``chat_template``
+    wraps prompts in the model's chat template);
     ``task``: a task name or Task. Other keyword arguments go to evaluate_cell (sampler,
     limit, batch_size, seed, scoring, progress). Returns a CellResult."""
     from genft.evaluation import evaluate_cell
@@ -68,7 +70,7 @@ def evaluate(model, task, shots: int = 0, fmt: str = "prompt1", *, dtype: str | 
         spec = ModelSpec.of(str(model) if isinstance(model, Path) else model)
         loaded = load_model(spec, dtype=dtype, device=device, revision=revision,
                             attn_implementation=attn_implementation,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code, chat_template=chat_template)
     else:
         loaded = model
     task = registry().get(task) if isinstance(task, str) else task
@@ -77,12 +79,12 @@ def evaluate(model, task, shots: int = 0, fmt: str = "prompt1", *, dtype: str | 
 
 def _model_options(options: dict) -> dict:
     from genft.errors import GenftError
-    from genft.models import ModelSpec
+    from genft.models import MODEL_OPTIONS
 
-    unknown = sorted(set(options) - set(ModelSpec.model_fields) | {"name"} & set(options))
+    unknown = sorted(set(options) - set(MODEL_OPTIONS))
     if unknown:
-        raise GenftError(f"unknown option(s) {unknown}; the model options are dtype, device, "
-                         f"revision, attn_implementation, trust_remote_code")
+        raise GenftError(f"unknown option(s) {unknown}; the model options are "
+                         f"{', '.join(MODEL_OPTIONS)}")
     return {k: v for k, v in options.items() if v is not None}
 
 

@@ -69,10 +69,10 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
         raise GenftError(f"shots must be >= 0 (got {shots})")
     start = time.perf_counter()
     model, tokenizer = loaded.model, loaded.tokenizer
-    check_label_words(task, tokenizer, scoring)
+    check_label_words(task, tokenizer, scoring, loaded.chat_template)
     soft = loaded.soft_prompt_for(task.name)
     inputs = build_inputs(task, tokenizer, shots, fmt, sampler, limit, seed,
-                          window=context_window(model, soft))
+                          window=context_window(model, soft), chat_template=loaded.chat_template)
     classify = task.type == "classification"
     first_token = classify and scoring == "first-token"
     size = _batch_size(batch_size, model, inputs, task, soft)

@@ -71,7 +71,7 @@ def evaluate_grid(loaded, cells: list[Cell], out_dir: str | Path, *, sampler: st
     out = Path(out_dir)
     main = distributed.is_main()
     for task in {id(c.task): c.task for c in cells}.values():
-        check_label_words(task, loaded.tokenizer, scoring)
+        check_label_words(task, loaded.tokenizer, scoring, loaded.chat_template)
     # rank 0 alone writes, and decides what is missing: every rank evaluates the same cells
     done = distributed.main_decides(lambda: (check_writable_dir(out),
                                              _finished_keys(out / RESULTS_FILE))[1])
