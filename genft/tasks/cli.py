@@ -6,8 +6,9 @@ import argparse
 import json
 
 from genft.errors import GenftError
-from genft.models import DEFAULT_MODEL, add_chat_template_option
+from genft.models import DEFAULT_MODEL, ModelSpec, add_chat_template_option, prompt_tokenizer
 from genft.tasks.demos import SAMPLERS, make_sampler
+from genft.tasks.prompts import model_prompt
 from genft.tasks.registry import registry
 from genft.tasks.schema import FORMATS
 
@@ -90,9 +91,6 @@ def cmd_prompt(args) -> None:
     sampler = make_sampler(args.sampler, task.records("fewshot"), args.shots, task.labels, args.seed)
     prompt = task.prompt(query, sampler.demos(query, args.index), args.format)
     if args.model or args.chat_template:
-        from genft.models import ModelSpec, prompt_tokenizer
-        from genft.tasks.prompts import model_prompt
-
         spec = ModelSpec.of(args.model or DEFAULT_MODEL).replace(chat_template=args.chat_template)
         tokenizer, chat = prompt_tokenizer(spec)
         prompt = model_prompt(tokenizer, prompt, chat)
