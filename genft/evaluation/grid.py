@@ -52,11 +52,13 @@ def plan_cells(tasks, shots: list[int] | None, formats: list[str]) -> list[Cell]
 def cell_key(record: dict) -> tuple:
     info = record.get("info", {})
     return (record["model"], record["task"], record["shots"], record["format"], record["sampler"],
-            record["scoring"], info.get("seed"), info.get("limit"), info.get("data_hash"))
+            record["scoring"], info.get("seed"), info.get("limit"), info.get("data_hash"),
+            info.get("chat_template", False))
 
 
 def items_filename(result: CellResult) -> str:
-    return f"{result.task}.{result.shots}shot.{result.format}.{result.sampler}.{result.scoring}.jsonl"
+    chat = ".chat" if result.info.get("chat_template") else ""  # wrapped prompts: other items
+    return f"{result.task}.{result.shots}shot.{result.format}.{result.sampler}.{result.scoring}{chat}.jsonl"
 
 
 def evaluate_grid(loaded, cells: list[Cell], out_dir: str | Path, *, sampler: str = "first",
@@ -85,7 +87,7 @@ def evaluate_grid(loaded, cells: list[Cell], out_dir: str | Path, *, sampler: st
     for cell in cells:
         scoring_name = scoring if cell.task.type == "classification" else "greedy"
         key = (loaded.name, cell.task.name, cell.shots, cell.format, sampler, scoring_name, seed,
-               limit, cell.task.data_hash)
+               limit, cell.task.data_hash, loaded.chat_template)
         if key in done:
             if main:
                 log(f"{cell.task.name} {cell.shots}-shot {cell.format}: already in {out}, skipped")
