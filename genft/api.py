@@ -75,7 +75,8 @@ def evaluate(model, task, shots: int = 0, format: str = "prompt1", *, dtype: str
     device, ...} or a LoadedModel (the model options apply to the first three; ``chat_template``
     wraps prompts in the model's chat template); ``task``: a task name or Task; ``format``: the
     prompt wording (prompt1, prompt2), as a config's ``formats``. Other keyword arguments go to
-    evaluate_cell (sampler, limit, batch_size, seed, scoring, progress). Returns a CellResult."""
+    evaluate_cell (sampler, limit, batch_size, seed, scoring, backend, progress). Returns a
+    CellResult."""
     from genft.errors import GenftError
     from genft.evaluation import evaluate_cell
     from genft.models import ModelSpec, load_model

@@ -102,7 +102,7 @@ def _agree(fast, ref):
 
 def test_long_query_is_cut_from_the_left_and_counted(gpt2_64, long_cls):
     fast = evaluate_cell(gpt2_64, long_cls, 0, "prompt1", progress=False)
-    ref = evaluate_cell(gpt2_64, long_cls, 0, "prompt1", progress=False, fast_path=False)
+    ref = evaluate_cell(gpt2_64, long_cls, 0, "prompt1", progress=False, backend="reference")
     assert fast.info["truncated"] == ref.info["truncated"] == 1 and fast.n == 4
     _agree(fast, ref)
 
@@ -124,7 +124,7 @@ def test_k_shot_prompts_lose_their_oldest_demos_first(gpt2_64, long_cls):
     """With 3 shots the long demo is in every prompt: all 4 items are cut, each keeps its own
     query, and the shared prefix is found on the cut contexts (fast == reference)."""
     fast = evaluate_cell(gpt2_64, long_cls, 3, "prompt1", progress=False)
-    ref = evaluate_cell(gpt2_64, long_cls, 3, "prompt1", progress=False, fast_path=False)
+    ref = evaluate_cell(gpt2_64, long_cls, 3, "prompt1", progress=False, backend="reference")
     assert fast.info["truncated"] == 4
     _agree(fast, ref)
     cut = build_inputs(long_cls, gpt2_64.tokenizer, 3, "prompt1", window=WINDOW)
@@ -138,7 +138,7 @@ def test_k_shot_prompts_lose_their_oldest_demos_first(gpt2_64, long_cls):
 def test_generation_keeps_room_for_max_new_tokens(gpt2_64, tmp_path):
     task = _gen_task(tmp_path, max_new=8)
     fast = evaluate_cell(gpt2_64, task, 0, "prompt1", progress=False)
-    ref = evaluate_cell(gpt2_64, task, 0, "prompt1", progress=False, fast_path=False)
+    ref = evaluate_cell(gpt2_64, task, 0, "prompt1", progress=False, backend="reference")
     assert fast.info["truncated"] == ref.info["truncated"] == 1
     _agree(fast, ref)
     cut = build_inputs(task, gpt2_64.tokenizer, 0, "prompt1", window=WINDOW)

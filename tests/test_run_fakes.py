@@ -69,7 +69,7 @@ def make_backends(sleep: float = 0.0, calls: list | None = None) -> Backends:
         return FakeLoaded(meta.read_text() if meta.is_file() else "base")
 
     def evaluate_cell(loaded, task, shots, fmt, *, sampler, limit, batch_size, seed, scoring,
-                      progress=True):
+                      progress=True, backend="fast"):
         calls.append(("eval", task.name, shots, fmt))
         time.sleep(sleep)
         n = limit or 10

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from genft.errors import GenftError, check_writable_dir
+from genft.evaluation.backends import DEFAULT_BACKEND, backend_names
+from genft.evaluation.scoring import DEFAULT_SCORING, scoring_names
 from genft.models import DEFAULT_MODEL, add_model_options
 from genft.tasks.cli import add_include_option
 from genft.tasks.demos import SAMPLERS
-from genft.tasks.labels import SCORINGS
 from genft.tasks.schema import FORMATS
 
 
@@ -28,15 +29,20 @@ def register(sub) -> None:
                    help="prompt wordings, comma-separated (as a config's `formats`)")
     p.add_argument("--sampler", choices=SAMPLERS, default="first",
                    help="how demos are chosen (first: the first k of the few-shot pool)")
-    p.add_argument("--scoring", choices=SCORINGS, default="loglik",
-                   help="classification: label log-likelihood or first-token logits")
+    p.add_argument("--scoring", choices=scoring_names(), default=DEFAULT_SCORING,
+                   help="classification rule: loglik (label log-likelihood), first-token (its "
+                        "first token's), loglik-per-token, loglik-per-byte (length-normalized), or "
+                        "a registered one; see docs/evaluation.md")
     p.add_argument("--limit", type=int, help="only the first N test items of each task")
     p.add_argument("--batch-size", default="8", metavar="B|auto",
                    help="rows per forward pass, or 'auto' to pick from free memory")
     p.add_argument("--seed", type=int, default=0, help="demo sampling seed (random sampler)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--reference", action="store_true",
-                   help="use the slow, plain reference scorer (for checking the fast path)")
+    p.add_argument("--backend", choices=backend_names(), default=DEFAULT_BACKEND,
+                   help="what computes the scores: fast (prefix-cached batches), reference (plain, "
+                        "one item at a time, for checking), or a registered one")
+    p.add_argument("--reference", dest="backend", action="store_const", const="reference",
+                   help="same as --backend reference")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_model_options(p)
     p.set_defaults(func=cmd_eval)
@@ -75,4 +81,4 @@ def cmd_eval(args) -> None:
     loaded = load_model(spec)
     evaluate_grid(loaded, cells, args.out, sampler=args.sampler, limit=args.limit,
                   batch_size=args.batch_size, seed=args.seed, scoring=args.scoring,
-                  progress=not args.no_progress, fast_path=not args.reference)
+                  progress=not args.no_progress, backend=args.backend)

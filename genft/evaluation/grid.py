@@ -63,7 +63,7 @@ def items_filename(result: CellResult) -> str:
 
 def evaluate_grid(loaded, cells: list[Cell], out_dir: str | Path, *, sampler: str = "first",
                   limit: int | None = None, batch_size: int | str = 8, seed: int = 0,
-                  scoring: str = "loglik", progress: bool = True, fast_path: bool = True,
+                  scoring: str = "loglik", progress: bool = True, backend: str = "fast",
                   log=print) -> list[CellResult]:
     """Evaluate `cells` in order, appending each finished cell to `out_dir`; returns the new results.
 
@@ -94,7 +94,7 @@ def evaluate_grid(loaded, cells: list[Cell], out_dir: str | Path, *, sampler: st
         else:
             result = evaluate_cell(loaded, cell.task, cell.shots, cell.format, sampler=sampler,
                                    limit=limit, batch_size=batch_size, seed=seed, scoring=scoring,
-                                   progress=progress, fast_path=fast_path)
+                                   progress=progress, backend=backend)
             if main:
                 with disk_full_is_one_line(out, f"saving cell {result.task} {result.shots}-shot "
                                                 f"{result.format}",

@@ -20,7 +20,9 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
                       field_validator, model_serializer, model_validator)
 
-from genft.errors import GenftError, short
+from genft.errors import GenftError, did_you_mean, short
+from genft.evaluation.backends import DEFAULT_BACKEND, backend_names
+from genft.evaluation.scoring import DEFAULT_SCORING, scoring_names
 from genft.models import DEFAULT_MODEL, ModelSpec
 from genft.tasks.demos import SAMPLERS
 from genft.tasks.schema import FORMATS
@@ -219,8 +221,8 @@ class Resources(_Strict):
     max_retries: int = Field(3, ge=0, description="times Ray reruns a task whose worker died")
 
 
-# where the work runs, not what it computes: left out of the config hash
-EXECUTION_KEYS = {"executor", "ray_address", "resources"}
+# where and how the work runs, not what it computes: left out of the config hash
+EXECUTION_KEYS = {"executor", "ray_address", "resources", "backend"}
 
 
 class ExperimentConfig(_Strict):
@@ -241,7 +243,8 @@ class ExperimentConfig(_Strict):
     formats: list[Format] = Field(["prompt1"], min_length=1)
     limit: int | dict[str, int] | None = None
     sampler: str = "first"
-    scoring: Literal["loglik", "first-token"] = "loglik"
+    scoring: str = Field(DEFAULT_SCORING, description="classification rule: a registered scoring")
+    backend: str = Field(DEFAULT_BACKEND, description="what computes the scores (not in any key)")
     eval_seed: int = 0
     eval_batch_size: int = Field(8, gt=0)
     checkpoints: Checkpoints | None = None
@@ -293,6 +296,22 @@ class ExperimentConfig(_Strict):
     def _sampler(cls, name: str) -> str:
         if name not in SAMPLERS:
             raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+        return name
+
+    @field_validator("scoring")
+    @classmethod
+    def _scoring(cls, name: str) -> str:
+        if name not in scoring_names():
+            raise ValueError(f"unknown scoring {name!r}{did_you_mean(name, scoring_names())}; "
+                             f"choose from {', '.join(scoring_names())}")
+        return name
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, name: str) -> str:
+        if name not in backend_names():
+            raise ValueError(f"unknown backend {name!r}{did_you_mean(name, backend_names())}; "
+                             f"choose from {', '.join(backend_names())}")
         return name
 
     @field_validator("shots")

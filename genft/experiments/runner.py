@@ -276,7 +276,8 @@ class _Runner:
         if model.job is not None:
             name += f" ({'+'.join(model.job.tasks)})"
         args = (self.b, str(ref), pending, tuple(self.plan.include), self.plan.config.eval_batch_size,
-                self.progress and self.executor.in_process, self.load_options)
+                self.progress and self.executor.in_process, self.load_options,
+                self.plan.config.backend)
         return [Unit("eval", evaluate_model, args, lambda r: self._evaluated(name, r, done),
                      label=name)]
 
@@ -369,10 +370,10 @@ def _param_change(b: Backends, base_model: str, path: str) -> dict | None:
 
 
 def evaluate_model(b: Backends, ref: str, cells: list[Cell], include: tuple[str, ...],
-                   batch_size: int, progress: bool, load_options: dict | None = None
-                   ) -> Iterator[EvaluatedCell]:
+                   batch_size: int, progress: bool, load_options: dict | None = None,
+                   backend: str = "fast") -> Iterator[EvaluatedCell]:
     """Load ``ref`` once (with the config's placement/precision ``load_options``) and evaluate
-    each cell, yielding each result as soon as it exists."""
+    each cell with evaluation backend ``backend``, yielding each result as soon as it exists."""
     from genft.tasks.registry import registry
 
     start = time.time()
@@ -380,7 +381,7 @@ def evaluate_model(b: Backends, ref: str, cells: list[Cell], include: tuple[str,
     tasks = registry(include)
     for cell in cells:
         result = b.evaluate_cell(loaded, tasks.get(cell.task), cell.shots, cell.format,
-                                 progress=progress, **cell.eval_kwargs(batch_size))
+                                 progress=progress, backend=backend, **cell.eval_kwargs(batch_size))
         now = time.time()
         yield EvaluatedCell(cell, result, now - start)
         start = now
