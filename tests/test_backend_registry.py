@@ -79,8 +79,8 @@ def test_genft_eval_backend_option_and_the_reference_alias(tmp_path, tiny_model,
                        ([], "fast")]:
         out = tmp_path / name
         assert main([*common, *argv, "--out", str(out)]) == 0
-        record = json.loads((out / "results.jsonl").read_text().splitlines()[0])
-        assert record["info"]["backend"] == name
+        [record] = Store(out / "results.db").cells()
+        assert record["provenance"]["info"]["backend"] == name
     assert CALLS["loglikelihood"] == 1
 
 

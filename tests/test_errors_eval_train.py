@@ -18,6 +18,7 @@ from test_errors_tasks import error_line, make_task
 from test_train_cli import TINY_ARGS
 
 from genft.errors import GenftError
+from genft.experiments.store import Store
 from genft.evaluation import evaluate_cell
 from genft.evaluation.encoding import build_inputs, context_window
 from genft.models import DEFAULT_MODEL, load_model, resolve
@@ -197,7 +198,7 @@ def test_eval_refuses_label_words_the_tokenizer_cannot_tell_apart(capsys, tmp_pa
     line = error_line(capsys, "eval", "--model", uncased_model, "--tasks", "mytask", "--include",
                       str(cased_words_task), "--shots", "0", "--out", str(out), "--no-progress")
     assert f"task 'mytask' ({cased_words_task / 'task.yaml'}): {SAME_TOKENS}" in line
-    assert not (out / "results.jsonl").exists()
+    assert not (out / "results.db").exists() or Store(out / "results.db").cell_keys() == set()
 
 
 def test_train_refuses_label_words_the_tokenizer_cannot_tell_apart(capsys, tmp_path, uncased_model,

@@ -135,7 +135,7 @@ def test_genft_eval_and_the_api_accept_a_registered_scoring(tmp_path, tiny_model
     assert main(["eval", "--model", tiny_model, "--tasks", "tweet_sentiment", "--shots", "0",
                  "--formats", "prompt1", "--limit", "2", "--scoring", "loglik-per-char",
                  "--out", str(tmp_path / "e"), "--no-progress"]) == 0
-    record = json.loads((tmp_path / "e" / "results.jsonl").read_text().splitlines()[0])
+    [record] = Store(tmp_path / "e" / "results.db").cells()
     assert record["scoring"] == "loglik-per-char"
     cell = genft.evaluate(tiny, "tweet_sentiment", 0, limit=2, scoring="loglik-per-char",
                           progress=False)

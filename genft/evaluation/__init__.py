@@ -1,7 +1,7 @@
 """The evaluation engine: k-shot classification scoring and greedy generation, exact and fast.
 
-``evaluate_cell(loaded, task, shots, fmt)`` measures one cell; ``evaluate_grid``
-runs many and writes results as each cell finishes; ``genft eval`` is the CLI.
+``evaluate_cell(loaded, task, shots, fmt)`` measures one cell and returns it; storing
+cells is the experiments layer's (``genft eval`` runs a one-model plan through it).
 Two seams, each a registry: scoring rules (``register_scoring``, genft.evaluation.scoring)
 and backends (``register_backend``, genft.evaluation.backends). See docs/evaluation.md.
 

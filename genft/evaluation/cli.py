@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from genft.errors import GenftError, check_writable_dir
+from genft.errors import GenftError
 from genft.evaluation.backends import DEFAULT_BACKEND, backend_names
 from genft.evaluation.scoring import DEFAULT_SCORING, scoring_names
 from genft.models import DEFAULT_MODEL, add_model_options
@@ -15,8 +15,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "eval", help="evaluate a model on tasks × shots × prompt formats",
         description="Evaluate a model (a name, a directory, a PEFT adapter or a genft checkpoint) on "
-                    "every (task, shots, format) cell. Each finished cell is appended to "
-                    "OUT/results.jsonl, its items to OUT/items/; rerunning skips finished cells. "
+                    "every (task, shots, format) cell. Each finished cell is stored with its items in "
+                    "OUT/results.db (as `genft run` stores them: `genft results` and `genft report` "
+                    "read it); rerunning skips finished cells. "
                     "Under torchrun/srun (see docs/scaling.md) the items are split across processes.")
     add_include_option(p)
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME",
@@ -56,9 +57,10 @@ def _int_list(text: str, option: str) -> list[int]:
 
 
 def cmd_eval(args) -> None:
-    from genft.evaluation.grid import evaluate_grid, plan_cells
-    from genft.models import ModelSpec, load_model, model_options, resolve_device
-    from genft.tasks.registry import registry
+    """A one-model plan through the runner and store of `genft run` (composed by genft.api:
+    evaluation itself knows nothing of plans or stores)."""
+    from genft.api import evaluate_tasks
+    from genft.models import model_options
 
     if args.no_progress:
         from transformers.utils import logging as hf_logging
@@ -72,13 +74,9 @@ def cmd_eval(args) -> None:
         raise GenftError(f"--limit must be at least 1 (got {args.limit})")
     if args.batch_size != "auto" and not args.batch_size.isdigit() or args.batch_size == "0":
         raise GenftError(f"--batch-size must be a positive integer or 'auto' (got {args.batch_size!r})")
-    tasks = registry(tuple(args.include)).select(args.tasks)
-    shots = _int_list(args.shots, "--shots") if args.shots else None
-    cells = plan_cells(tasks, shots, formats)
-    spec = ModelSpec.of(args.model).replace(**model_options(args))
-    resolve_device(spec.device)  # a GPU asked for but absent: one line, before anything is written
-    check_writable_dir(args.out)  # before the model is loaded
-    loaded = load_model(spec)
-    evaluate_grid(loaded, cells, args.out, sampler=args.sampler, limit=args.limit,
-                  batch_size=args.batch_size, seed=args.seed, scoring=args.scoring,
-                  progress=not args.no_progress, backend=args.backend)
+    evaluate_tasks(args.model, args.tasks, args.out,
+                   shots=_int_list(args.shots, "--shots") if args.shots else None, formats=formats,
+                   sampler=args.sampler, scoring=args.scoring, limit=args.limit, seed=args.seed,
+                   batch_size=args.batch_size if args.batch_size == "auto" else int(args.batch_size),
+                   include=args.include, progress=not args.no_progress,
+                   backend=args.backend, **model_options(args))

@@ -37,6 +37,21 @@ Format = Literal["prompt1", "prompt2"]
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # no '/', no '.' or '..', no hidden file
 
 
+def _known_sampler(name: str) -> str:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    return name
+
+
+def _known(kind: str, name: str, names) -> str:
+    """A registered scoring rule or backend (read from its registry, so a rule a test registers
+    is accepted)."""
+    if name not in names:
+        raise ValueError(f"unknown {kind} {name!r}{did_you_mean(name, names)}; "
+                         f"choose from {', '.join(names)}")
+    return name
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -294,25 +309,17 @@ class ExperimentConfig(_Strict):
     @field_validator("sampler")
     @classmethod
     def _sampler(cls, name: str) -> str:
-        if name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-        return name
+        return _known_sampler(name)
 
     @field_validator("scoring")
     @classmethod
     def _scoring(cls, name: str) -> str:
-        if name not in scoring_names():
-            raise ValueError(f"unknown scoring {name!r}{did_you_mean(name, scoring_names())}; "
-                             f"choose from {', '.join(scoring_names())}")
-        return name
+        return _known("scoring", name, scoring_names())
 
     @field_validator("backend")
     @classmethod
     def _backend(cls, name: str) -> str:
-        if name not in backend_names():
-            raise ValueError(f"unknown backend {name!r}{did_you_mean(name, backend_names())}; "
-                             f"choose from {', '.join(backend_names())}")
-        return name
+        return _known("backend", name, backend_names())
 
     @field_validator("shots")
     @classmethod
@@ -340,6 +347,39 @@ class ExperimentConfig(_Strict):
 
     def method_name(self, name: str) -> str:
         return self.methods[name].method or name
+
+
+class EvalConfig(_Strict):
+    """`genft eval`: one model over tasks × shots × formats. Its keys are named as in
+    ExperimentConfig, so the planner builds its cells (and their keys) as it builds the base
+    model's cells of an experiment: the same model and settings share cells across both."""
+
+    model: ModelSpec = ModelSpec(name=DEFAULT_MODEL)
+    tasks: list[str] = Field(min_length=1, description="task names and/or family:NAME")
+    include: list[str] = Field([], description="extra task folders, relative to the cwd")
+    shots: list[int] | None = Field(None, description="default: each task's own list")
+    formats: list[Format] = Field(["prompt1"], min_length=1)
+    limit: int | None = Field(None, ge=1)
+    sampler: str = "first"
+    scoring: str = DEFAULT_SCORING
+    backend: str = DEFAULT_BACKEND
+    eval_seed: int = 0
+    eval_batch_size: int | Literal["auto"] = 8
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, name: str) -> str:
+        return _known_sampler(name)
+
+    @field_validator("scoring")
+    @classmethod
+    def _scoring(cls, name: str) -> str:
+        return _known("scoring", name, scoring_names())
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, name: str) -> str:
+        return _known("backend", name, backend_names())
 
 
 def load_config(path: str | Path, overrides: Sequence[str | Override] = ()) -> ExperimentConfig:
@@ -447,6 +487,6 @@ def _fails_alike(data: dict, err: dict) -> bool:
     return False
 
 
-__all__ = ["ExperimentConfig", "Resources", "TaskResources", "EXECUTION_KEYS", "Training",
-           "MethodSpec", "Checkpoints", "load_config", "parse_config", "Override", "training_keys",
-           "FORMATS"]
+__all__ = ["ExperimentConfig", "EvalConfig", "Resources", "TaskResources", "EXECUTION_KEYS",
+           "Training", "MethodSpec", "Checkpoints", "load_config", "parse_config", "Override",
+           "training_keys", "FORMATS"]
