@@ -31,8 +31,8 @@ def run(config, out: str | Path | None = None, *, overrides=(), model: str | Non
     (``["training.lr=1e-4", "methods.ft.steps=20", "shots.sentiment=[0,4]"]``, the values
     read as YAML; docs/config.md#overrides). ``model``: the model's name (= ``model=NAME``,
     after the overrides); ``model_options`` (dtype, device, revision, attn_implementation,
-    trust_remote_code) then override the model's options. The run stores (and keys its jobs
-    and cells by) the config as overridden, so the same overrides resume the same run.
+    trust_remote_code, chat_template) then override the model's options. The run stores (and
+    keys its jobs and cells by) the config as overridden, so the same overrides resume the same run.
 
     Returns a RunOutcome: ``out``, ``plan``, ``computed`` (cells computed by this call),
     ``trained`` (jobs trained by this call) and ``report`` (the HTML path). ``backends``
@@ -72,12 +72,13 @@ def train(*, out: str | Path, progress: bool = True, resume: bool = False, **set
 def evaluate(model, task, shots: int = 0, format: str = "prompt1", *, dtype: str | None = None,
              device: str | None = None, revision: str | None = None,
              attn_implementation: str | None = None, trust_remote_code: bool | None = None,
-             **kwargs):
+             chat_template: bool | None = None, **kwargs):
     """Evaluate one cell. ``model``: a name, a checkpoint directory, a mapping {name, dtype,
-    device, ...} or a LoadedModel (the placement options apply to the first three);
-    ``task``: a task name or Task; ``format``: the prompt wording (prompt1, prompt2), as a
-    config's ``formats``. Other keyword arguments go to evaluate_cell (sampler, limit,
-    batch_size, seed, scoring, backend, progress). Returns a CellResult."""
+    device, ...} or a LoadedModel (the model options apply to the first three; ``chat_template``
+    wraps prompts in the model's chat template); ``task``: a task name or Task; ``format``: the
+    prompt wording (prompt1, prompt2), as a config's ``formats``. Other keyword arguments go to
+    evaluate_cell (sampler, limit, batch_size, seed, scoring, backend, progress). Returns a
+    CellResult."""
     from genft.errors import GenftError
     from genft.evaluation import evaluate_cell
     from genft.models import ModelSpec, load_model
@@ -89,7 +90,7 @@ def evaluate(model, task, shots: int = 0, format: str = "prompt1", *, dtype: str
         spec = ModelSpec.of(str(model) if isinstance(model, Path) else model)
         loaded = load_model(spec, dtype=dtype, device=device, revision=revision,
                             attn_implementation=attn_implementation,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code, chat_template=chat_template)
     else:
         loaded = model
     task = registry().get(task) if isinstance(task, str) else task
@@ -137,12 +138,12 @@ def evaluate_tasks(model, tasks, out: str | Path, *, shots: list[int] | None = N
 
 def _model_options(options: dict) -> dict:
     from genft.errors import GenftError
-    from genft.models import ModelSpec
+    from genft.models import MODEL_OPTIONS
 
-    unknown = sorted(set(options) - set(ModelSpec.model_fields) | {"name"} & set(options))
+    unknown = sorted(set(options) - set(MODEL_OPTIONS))
     if unknown:
-        raise GenftError(f"unknown option(s) {unknown}; the model options are dtype, device, "
-                         f"revision, attn_implementation, trust_remote_code")
+        raise GenftError(f"unknown option(s) {unknown}; the model options are "
+                         f"{', '.join(MODEL_OPTIONS)}")
     return {k: v for k, v in options.items() if v is not None}
 
 

@@ -80,10 +80,10 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
         raise GenftError(f"shots must be >= 0 (got {shots})")
     start = time.perf_counter()
     model, tokenizer = loaded.model, loaded.tokenizer
-    check_label_words(task, tokenizer, rule)
+    check_label_words(task, tokenizer, rule, loaded.chat_template)
     soft = loaded.soft_prompt_for(task.name)
     inputs = build_inputs(task, tokenizer, shots, fmt, sampler, limit, seed,
-                          window=context_window(model, soft))
+                          window=context_window(model, soft), chat_template=loaded.chat_template)
     classify = task.type == "classification"
     size = _batch_size(batch_size, model, inputs, task, soft)
     scored = rule.select(inputs) if classify else inputs
@@ -122,6 +122,7 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
         model=loaded.name,
         info={"seed": seed, "limit": limit, "batch_size": size, "backend": engine.name,
               "soft_prompt": soft is not None, "prefix_tokens": inputs.prefix_len,
+              **({"chat_template": True} if loaded.chat_template else {}),
               "truncated": inputs.n_truncated, "se": errors,
               "data_hash": task.data_hash, "method": loaded.method,
               "base_model": loaded.base_model, "dtype": str(model.dtype).removeprefix("torch."),

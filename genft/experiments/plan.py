@@ -23,6 +23,7 @@ from pathlib import Path
 from genft.errors import GenftError
 from genft.evaluation import SCORING_VERSION
 from genft.experiments.config import EvalConfig, ExperimentConfig
+from genft.models import prompt_tokenizer
 from genft.tasks.registry import TaskRegistry, registry
 from genft.tasks.task import Task
 from genft.training.config import TrainConfig
@@ -195,8 +196,10 @@ def _add(cells: dict, cfg: ExperimentConfig | EvalConfig, model: ModelRef, task:
 def validate_plan(plan: Plan) -> None:
     """Refuse, before any work, what would otherwise fail midway through a run: a shot count
     beyond a test set's few-shot pool, a train size beyond a training pool, more FTICL or
-    ProMoT demos per input than the training pool holds. Reads every task's records (the run
-    reads them anyway)."""
+    ProMoT demos per input than the training pool holds, ``chat_template`` on for a tokenizer
+    without one. Reads every task's records (the run reads them anyway)."""
+    if plan.config.model.chat_template:
+        prompt_tokenizer(plan.config.model)  # the tokenizer alone: one GenftError line if none
     for task_name, k in sorted({(c.task, c.shots) for c in plan.cells}):
         task = plan.registry.get(task_name)
         pool = len(task.records("fewshot")) if k > 0 else 0

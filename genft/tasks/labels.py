@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from genft.errors import GenftError
 from genft.evaluation.scoring import Scoring, get_scoring
-from genft.tasks.prompts import separator
+from genft.tasks.prompts import model_prompt, separator
 
 
 def label_token_ids(tokenizer, words: list[str], prompt: str = ":") -> list[list[int]]:
@@ -54,10 +54,14 @@ def check_label_tokens(words: list[str], token_ids: list[list[int]],
         seen[key] = (word, ids)
 
 
-def check_label_words(task, tokenizer, scoring: str | Scoring = "loglik") -> None:
-    """Check a classification task's label words with ``tokenizer`` (no-op for generation)."""
+def check_label_words(task, tokenizer, scoring: str | Scoring = "loglik",
+                      chat_template: bool = False) -> None:
+    """Check a classification task's label words with ``tokenizer`` (no-op for generation),
+    as they follow a prompt (``chat_template``: the assistant header, often with no space:
+    "good"/"goodness" then share their first token, " good"/" goodness" do not)."""
     if task.type != "classification":
         return
     words = list(task.labels)
-    check_label_tokens(words, label_token_ids(tokenizer, words), scoring,
+    after = model_prompt(tokenizer, ":", chat_template)
+    check_label_tokens(words, label_token_ids(tokenizer, words, after), scoring,
                        f"task {task.name!r} ({task.path})")

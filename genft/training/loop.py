@@ -61,7 +61,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
     loaded = loaded or load_model(cfg.model, training=True)
     _check_inputs(cfg, tasks, loaded, out, accelerator)
     plan = stages(cfg, tasks)
-    examples = _stage_examples(cfg, plan, tasks, pools, loaded.tokenizer, progress)
+    examples = _stage_examples(cfg, plan, tasks, pools, loaded, progress)
     finished = _claim(out, cfg, resume, accelerator)
     if finished:
         return finished
@@ -80,7 +80,7 @@ def _check_inputs(cfg: TrainConfig, tasks, loaded: LoadedModel, out: Path, accel
     the tokenizer cannot tell apart, a --max-length beyond the model's window, an --out that
     cannot be written."""
     for task in tasks:
-        check_label_words(task, loaded.tokenizer, "loglik")
+        check_label_words(task, loaded.tokenizer, "loglik", loaded.chat_template)
     window = getattr(loaded.model.config, "max_position_embeddings", None)
     virtual = cfg.prompt_length if uses_prompts(cfg) else 0
     if isinstance(window, int) and cfg.max_length + virtual > window:
@@ -92,7 +92,8 @@ def _check_inputs(cfg: TrainConfig, tasks, loaded: LoadedModel, out: Path, accel
     accelerator.wait_for_everyone()  # no process looks into `out` while the probe file is there
 
 
-def _stage_examples(cfg: TrainConfig, plan, tasks, pools, tokenizer, progress: bool) -> dict:
+def _stage_examples(cfg: TrainConfig, plan, tasks, pools, loaded: LoadedModel, progress: bool
+                    ) -> dict:
     """Each stage's training examples with their truncation counts, built before the run
     claims its folder: more than ``max_truncated_share`` of the examples shortened or
     skipped is refused (the method would silently train on something else, e.g. FTICL
@@ -102,7 +103,8 @@ def _stage_examples(cfg: TrainConfig, plan, tasks, pools, tokenizer, progress: b
     for stage in plan:
         key = tuple(stage.shots)
         if key not in built:
-            examples = build_examples(tasks, tokenizer, pools, stage.shots, cfg.max_length, cfg.seed)
+            examples = build_examples(tasks, loaded.tokenizer, pools, stage.shots, cfg.max_length,
+                                      cfg.seed, loaded.chat_template)
             built[key] = examples, truncation(examples, pools)
         examples, counts = built[key]
         affected = counts["shortened"] + counts["skipped"]
@@ -152,7 +154,7 @@ class _Run:
 
     def __init__(self, cfg, accelerator, out, tasks, pools, loaded, progress):
         self.cfg, self.acc, self.out, self.tasks, self.pools = cfg, accelerator, out, tasks, pools
-        self.tokenizer = loaded.tokenizer
+        self.tokenizer, self.chat_template = loaded.tokenizer, loaded.chat_template
         self.lm = loaded.model
         self.lm.train()
         if cfg.gradient_checkpointing:
@@ -339,7 +341,7 @@ class _BestOnDev:
         self.every = run.cfg.stage1_eval_every or max(1, stage.steps // 4)
         dev = [t.records("dev")[:run.cfg.dev_size] for t in run.tasks]
         self.examples = build_examples(run.tasks, run.tokenizer, dev, [0] * len(dev),
-                                       run.cfg.max_length, run.cfg.seed)
+                                       run.cfg.max_length, run.cfg.seed, run.chat_template)
         self.best_loss, self.best = math.inf, None
 
     def check(self, step: int) -> None:
