@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from genft import console
 from genft.errors import GenftError, check_writable_dir
 from genft.models import DEFAULT_MODEL, add_model_options
 from genft.tasks.cli import add_include_option
@@ -36,6 +37,7 @@ def register(sub) -> None:
     p.add_argument("--reference", action="store_true",
                    help="use the slow, plain reference scorer (for checking the fast path)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    console.add_options(p)
     add_model_options(p)
     p.set_defaults(func=cmd_eval)
 
@@ -52,10 +54,7 @@ def cmd_eval(args) -> None:
     from genft.models import ModelSpec, load_model, model_options, resolve_device
     from genft.tasks.registry import registry
 
-    if args.no_progress:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # the weight-loading bar too
+    progress = console.setup(args)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -73,4 +72,4 @@ def cmd_eval(args) -> None:
     loaded = load_model(spec)
     evaluate_grid(loaded, cells, args.out, sampler=args.sampler, limit=args.limit,
                   batch_size=args.batch_size, seed=args.seed, scoring=args.scoring,
-                  progress=not args.no_progress, fast_path=not args.reference)
+                  progress=progress, fast_path=not args.reference)

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import get_args
 
+from genft import console
 from genft.models import ModelSpec, add_model_options, model_options
 from genft.training.config import TRACKERS, TrainConfig
 from genft.training.method_registry import method_names
@@ -37,6 +38,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory (new, or this run's for --resume)")
     p.add_argument("--resume", action="store_true", help="continue this run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    console.add_options(p)
     p.add_argument("--report-to", default="none", metavar="|".join(TRACKERS + ("none",)),
                    help="experiment trackers, comma-separated (writing under OUT/trackers/)")
     g = p.add_argument_group("data and schedule")
@@ -104,13 +106,10 @@ def config_from_args(args) -> TrainConfig:
 def cmd_train(args) -> int:
     from genft.training.loop import train
 
-    if args.no_progress:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     from genft import distributed
 
-    final = train(config_from_args(args), progress=not args.no_progress, resume=args.resume)
+    progress = console.setup(args)
+    final = train(config_from_args(args), progress=progress, resume=args.resume)
     if distributed.is_main():
         print(final)
     return 0
