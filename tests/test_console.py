@@ -132,3 +132,21 @@ def test_genft_run_quiet_prints_only_the_final_line(tmp_path, tiny_model):
     r, out = _genft_run(tmp_path, tiny_model, "--quiet")
     assert r.stderr == ""
     assert r.stdout == f"report: {out / 'report.html'}\n"
+
+
+def test_train_quiet_prints_only_the_checkpoint(tmp_path, tiny_model):
+    r = subprocess.run([sys.executable, "-m", "genft.cli", "train", "--model", tiny_model,
+                        "--task", "tweet_sentiment", "--steps", "1", "--batch-size", "2",
+                        "--max-length", "96", "--train-size", "4", "--out", str(tmp_path / "t"),
+                        "-q"], capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout == f"{tmp_path / 't' / 'final'}\n"
+
+
+def test_eval_quiet_prints_only_the_results_file(tmp_path, tiny_model):
+    r = subprocess.run([sys.executable, "-m", "genft.cli", "eval", "--model", tiny_model,
+                        "--tasks", "tweet_sentiment", "--shots", "0", "--formats", "prompt1",
+                        "--limit", "2", "--out", str(tmp_path / "e"), "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout == f"{tmp_path / 'e' / 'results.jsonl'}\n"

@@ -50,7 +50,10 @@ def _int_list(text: str, option: str) -> list[int]:
 
 
 def cmd_eval(args) -> None:
-    from genft.evaluation.grid import evaluate_grid, plan_cells
+    from pathlib import Path
+
+    from genft import distributed
+    from genft.evaluation.grid import RESULTS_FILE, evaluate_grid, plan_cells
     from genft.models import ModelSpec, load_model, model_options, resolve_device
     from genft.tasks.registry import registry
 
@@ -72,4 +75,7 @@ def cmd_eval(args) -> None:
     loaded = load_model(spec)
     evaluate_grid(loaded, cells, args.out, sampler=args.sampler, limit=args.limit,
                   batch_size=args.batch_size, seed=args.seed, scoring=args.scoring,
-                  progress=progress, fast_path=not args.reference)
+                  progress=progress, fast_path=not args.reference,
+                  log=(lambda line: None) if args.quiet else print)
+    if args.quiet and distributed.is_main():
+        print(Path(args.out) / RESULTS_FILE)  # the one final line
