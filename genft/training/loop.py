@@ -125,7 +125,7 @@ def _stage_examples(cfg: TrainConfig, plan, tasks, pools, tokenizer) -> dict:
                 f"tokens, {counts['skipped']} would be skipped: their answer alone is too long), "
                 f"more than max_truncated_share {cfg.max_truncated_share}; raise --max-length, "
                 f"use fewer --shots, or allow a larger --max-truncated-share")
-        if affected:
+        if affected and distributed.is_main():
             log.warning("%s: %d of %d training examples shortened to fit --max-length %d, "
                         "%d skipped", stage.name, counts["shortened"], counts["total"],
                         cfg.max_length, counts["skipped"])
