@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 import warnings
 from contextlib import nullcontext
@@ -431,7 +432,7 @@ def _replay(scheduler, steps: int) -> None:
     """Bring a fresh scheduler to step ``steps`` (--resume): the schedule is a function of the
     step alone. torch warns when a scheduler steps before its optimizer, which replaying is."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
         for _ in range(steps):
             scheduler.step()
 
