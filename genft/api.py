@@ -2,6 +2,7 @@
 
     import genft
     outcome = genft.run("examples/quickstart.yaml", out="runs/quickstart")  # = genft run
+    genft.run("examples/quickstart.yaml", overrides=["training.lr=1e-4"])  # = genft run CFG training.lr=1e-4
     df = genft.load_results("runs/quickstart")                              # tidy pandas table
     ckpt = genft.train(tasks=["tweet_sentiment"], method="ft", steps=40, out="runs/ft")
     cell = genft.evaluate(ckpt, "bbc_headline", shots=1)                    # one CellResult
@@ -16,25 +17,39 @@ from pathlib import Path
 import pandas as pd
 
 
-def run(config, out: str | Path | None = None, *, dry_run: bool = False, progress: bool = True,
-        report: bool = True, threads: int | None = None, executor: str | None = None,
-        ray_address: str | None = None, backends=None, echo=print, **model_options):
+def run(config, out: str | Path | None = None, *, overrides=(), model: str | None = None,
+        dry_run: bool = False, progress: bool = True, report: bool = True,
+        threads: int | None = None, executor: str | None = None, ray_address: str | None = None,
+        backends=None, echo=print, **model_options):
     """Run (or resume) the grid of ``config`` (a YAML path, a dict or an ExperimentConfig),
     then write its report: the one place that composes the two layers (the runner knows
-    nothing of reports; the report reads only the store). ``model_options`` (dtype, device,
-    revision, attn_implementation, trust_remote_code) override the config's ``model:``.
+    nothing of reports; the report reads only the store).
+
+    ``overrides``: ``"KEY=VALUE"`` strings applied to the config before it is validated
+    (``["training.lr=1e-4", "methods.ft.steps=20", "shots.sentiment=[0,4]"]``, the values
+    read as YAML; docs/config.md#overrides). ``model``: the model's name (= ``model=NAME``,
+    after the overrides); ``model_options`` (dtype, device, revision, attn_implementation,
+    trust_remote_code) then override the model's options. The run stores (and keys its jobs
+    and cells by) the config as overridden, so the same overrides resume the same run.
 
     Returns a RunOutcome: ``out``, ``plan``, ``computed`` (cells computed by this call),
     ``trained`` (jobs trained by this call) and ``report`` (the HTML path). ``backends``
     replaces the real loader/trainer/evaluator (tests use fakes)."""
     from genft import distributed
     from genft.errors import disk_full_is_one_line
+    from genft.experiments.config import Override
     from genft.experiments.runner import run_experiment
     from genft.report import build_report
 
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    overrides = [o if isinstance(o, Override) else Override.parse(o) for o in overrides]
+    if model is not None:
+        overrides.append(Override(("model",), model, f"model={model}"))
     outcome = run_experiment(config, out, dry_run=dry_run, progress=progress, threads=threads,
                              executor=executor, ray_address=ray_address, backends=backends,
-                             echo=echo, model_options=_model_options(model_options))
+                             echo=echo, model_options=_model_options(model_options),
+                             overrides=overrides)
     if report and not dry_run and distributed.is_main():  # rank 0 alone writes (torchrun/srun)
         with disk_full_is_one_line(outcome.out, "writing the report"):
             outcome.report = build_report(outcome.out)
@@ -52,18 +67,22 @@ def train(*, out: str | Path, progress: bool = True, resume: bool = False, **set
     return Path(_train(TrainConfig(**settings, out=str(out)), progress=progress, resume=resume))
 
 
-def evaluate(model, task, shots: int = 0, fmt: str = "prompt1", *, dtype: str | None = None,
+def evaluate(model, task, shots: int = 0, format: str = "prompt1", *, dtype: str | None = None,
              device: str | None = None, revision: str | None = None,
              attn_implementation: str | None = None, trust_remote_code: bool | None = None,
              **kwargs):
     """Evaluate one cell. ``model``: a name, a checkpoint directory, a mapping {name, dtype,
     device, ...} or a LoadedModel (the placement options apply to the first three);
-    ``task``: a task name or Task. Other keyword arguments go to evaluate_cell (sampler,
-    limit, batch_size, seed, scoring, progress). Returns a CellResult."""
+    ``task``: a task name or Task; ``format``: the prompt wording (prompt1, prompt2), as a
+    config's ``formats``. Other keyword arguments go to evaluate_cell (sampler, limit,
+    batch_size, seed, scoring, progress). Returns a CellResult."""
+    from genft.errors import GenftError
     from genft.evaluation import evaluate_cell
     from genft.models import ModelSpec, load_model
     from genft.tasks import registry
 
+    if "fmt" in kwargs:  # the keyword's name before one vocabulary (docs/cli.md)
+        raise GenftError("genft.evaluate: fmt= is now format= (the prompt wording)")
     if isinstance(model, (str, Path, dict, ModelSpec)):
         spec = ModelSpec.of(str(model) if isinstance(model, Path) else model)
         loaded = load_model(spec, dtype=dtype, device=device, revision=revision,
@@ -72,7 +91,7 @@ def evaluate(model, task, shots: int = 0, fmt: str = "prompt1", *, dtype: str | 
     else:
         loaded = model
     task = registry().get(task) if isinstance(task, str) else task
-    return evaluate_cell(loaded, task, shots, fmt, **kwargs)
+    return evaluate_cell(loaded, task, shots, format, **kwargs)
 
 
 def _model_options(options: dict) -> dict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -96,6 +96,15 @@ def parse_yaml(text: str):
 
 def load_yaml_model(path: Path, model: type[M], what: str) -> M:
     """Read ``path`` as YAML and validate it as ``model``; ``what`` names the expected mapping."""
+    text, data = read_yaml_mapping(path, what)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise GenftError(validation_message(path, text, e, model)) from None
+
+
+def read_yaml_mapping(path: Path, what: str) -> tuple[str, dict]:
+    """``path``'s text and its YAML, which must be a mapping (of ``what``)."""
     text = read_text(path)
     try:
         data = parse_yaml(text)
@@ -108,10 +117,7 @@ def load_yaml_model(path: Path, model: type[M], what: str) -> M:
         raise GenftError(f"{path}: malformed YAML (nested too deeply)") from None
     if not isinstance(data, dict):
         raise GenftError(f"{path}: expected a mapping of {what} at the top level")
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise GenftError(validation_message(path, text, e, model)) from None
+    return text, data
 
 
 def read_text(path: Path) -> str:
@@ -130,26 +136,38 @@ def read_text(path: Path) -> str:
                          f"({raw[e.start:e.start + 1].hex()}); save the file as UTF-8") from None
 
 
-def validation_message(path: Path, text: str, err: ValidationError, model: type) -> str:
+def validation_message(path: Path, text: str, err: ValidationError, model: type,
+                       where: str | None = None) -> str:
     """First pydantic error as one line: file:line: field: problem (did you mean …).
 
     An unknown key comes first: a misspelled required key is also reported missing, and
-    "unknown key 'promt2' (did you mean "prompt2"?)" is the message that helps."""
-    errors = err.errors()
-    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+    "unknown key 'promt2' (did you mean "prompt2"?)" is the message that helps. ``where``
+    replaces ``file:line`` when the value came from elsewhere (a command-line override,
+    which names its key itself: the unknown key is then named alone)."""
+    e = first_error(err)
     loc = [str(p) for p in e["loc"]]
     key = loc[-1] if loc else ""
-    line = _line_of(text, key)
-    where = f"{path}:{line}" if line else str(path)
+    if where is None:
+        line = _line_of(text, key)
+        where = f"{path}:{line}" if line else str(path)
+        named = ".".join(loc)
+    else:
+        named = key
     field_path = ".".join(loc)
     if e["type"] == "extra_forbidden":
         valid = _valid_keys(model, loc[:-1])
-        return f"{where}: unknown key {short(field_path)}{did_you_mean(key, valid)}"
+        return f"{where}: unknown key {short(named)}{did_you_mean(key, valid)}"
     if e["type"] == "missing":
-        return f"{where}: missing required key {short(field_path)}"
+        return f"{where}: missing required key {short(named)}"
     msg = short(e["msg"].removeprefix("Value error, "), 4 * ECHO_LIMIT, plain=True)
     field_name = short(field_path, plain=True) if field_path else "task"
     return f"{where}: {field_name}: {msg}" + (f" (got {short(e['input'])})" if loc else "")
+
+
+def first_error(err: ValidationError) -> dict:
+    """The error a message reports: an unknown key before anything else."""
+    errors = err.errors()
+    return next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
 
 
 def _line_of(text: str, key: str) -> int | None:
@@ -160,17 +178,21 @@ def _line_of(text: str, key: str) -> int | None:
 
 
 def _valid_keys(model: type, loc: list[str]) -> list[str]:
-    """The field names valid at a nested location of a pydantic model."""
+    """The field names valid at a nested location of a pydantic model (a ``dict[str, M]``
+    field's location names a key of the mapping, then M's fields)."""
+    mapping_key = False
     for part in loc:
-        if part.isdigit():
+        if part.isdigit() or mapping_key:
+            mapping_key = False
             continue
         info = model.model_fields.get(part)
         if info is None:
             return []
         ann = info.annotation
-        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type)]
-        model = next((a for a in [ann, *args] if isinstance(a, type) and hasattr(a, "model_fields")),
-                     None)
+        args = [ann, *(a for a in get_args(ann))]
+        mapping_key = any(get_origin(a) is dict for a in args)
+        args += [v for a in args if get_origin(a) is dict for v in get_args(a)[1:]]
+        model = next((a for a in args if isinstance(a, type) and hasattr(a, "model_fields")), None)
         if model is None:
             return []
     return list(model.model_fields)

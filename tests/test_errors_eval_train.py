@@ -203,7 +203,7 @@ def test_eval_refuses_label_words_the_tokenizer_cannot_tell_apart(capsys, tmp_pa
 def test_train_refuses_label_words_the_tokenizer_cannot_tell_apart(capsys, tmp_path, uncased_model,
                                                                    cased_words_task):
     out = tmp_path / "out"
-    line = error_line(capsys, "train", "--model", uncased_model, "--task", "mytask", "--include",
+    line = error_line(capsys, "train", "--model", uncased_model, "--tasks", "mytask", "--include",
                       str(cased_words_task), "--steps", "1", "--out", str(out), "--no-progress")
     assert SAME_TOKENS in line
     assert not out.exists()  # refused before the run claims its folder

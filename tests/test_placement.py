@@ -85,7 +85,7 @@ def test_bad_options_on_every_command_exit_2(command, argv, message, tmp_path, c
     if command == "eval":
         cmd = ["eval", "--tasks", "tweet_sentiment", "--out", str(out)]
     elif command == "train":
-        cmd = ["train", "--task", "tweet_sentiment", "--steps", "1", "--out", str(out)]
+        cmd = ["train", "--tasks", "tweet_sentiment", "--steps", "1", "--out", str(out)]
     else:
         config = tmp_path / "c.yaml"
         config.write_text(json.dumps(GRID))

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from genft.errors import GenftError
-from genft.experiments.config import ExperimentConfig, load_config
+from genft.experiments.config import ExperimentConfig, load_config, parse_config
 from genft.experiments.plan import auto_tests, build_plan, describe
 from genft.tasks import registry
 
@@ -104,8 +104,9 @@ def test_bad_configs_fail_with_one_line_naming_file_line_and_field(tmp_path, bad
 def test_unknown_tasks_and_trainer_fields_are_clear_errors():
     with pytest.raises(GenftError, match="unknown task 'tweet_sentimnt'.*did you mean"):
         plan_of(train_tasks=["tweet_sentimnt"])
-    with pytest.raises(GenftError, match="methods.ft"):
-        plan_of(methods={"ft": {"lora_rank": 4}})
+    with pytest.raises(GenftError, match="config: unknown key 'methods.ft.lora_rank' "
+                                         "\\(did you mean \"lora_r\"\\?\\)"):
+        parse_config({**BASE, "methods": {"ft": {"lora_rank": 4}}})
 
 
 def test_dry_run_text_counts_jobs_cells_and_tokens():

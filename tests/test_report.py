@@ -76,16 +76,63 @@ def test_report_is_self_contained_and_has_every_section(out):
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
 def test_results_export_is_a_table_pandas_reads(out, tmp_path, fmt):
-    dest = export_results(out, fmt, tmp_path / f"r.{fmt}")
+    dest = export_results(out, tmp_path / f"r.{fmt}")  # the file type is the suffix
     df = {"csv": pd.read_csv, "json": pd.read_json, "parquet": pd.read_parquet}[fmt](dest)
     assert len(df) == len(load_results(out))
     assert {"model", "test_task", "shots", "format", "metric", "value", "normalized"} <= set(df.columns)
 
 
 def test_genft_results_cli(out, tmp_path, capsys):
-    assert main(["results", str(out), "--format", "csv", "-o", str(tmp_path / "r.csv")]) == 0
+    assert main(["results", str(out), "-o", str(tmp_path / "r.csv")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "r.csv")
     assert len(pd.read_csv(tmp_path / "r.csv")) == len(load_results(out))
+    # --to names the file type whatever the suffix; an unknown suffix alone is one line
+    assert main(["results", str(out), "-o", str(tmp_path / "r.txt"), "--to", "json"]) == 0
+    assert len(pd.read_json(tmp_path / "r.txt")) == len(load_results(out))
+    capsys.readouterr()
+    assert main(["results", str(out), "-o", str(tmp_path / "r.tsv")]) == 2
+    assert "give --to csv|json|parquet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("to", [None, "json"])
+def test_results_dash_o_dash_writes_the_table_to_stdout(out, tmp_path, capsys, monkeypatch, to):
+    import io
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["results", str(out), "-o", "-", *(["--to", to] if to else [])]) == 0
+    text = capsys.readouterr().out
+    assert not (tmp_path / "-").exists()
+    df = pd.read_json(io.StringIO(text)) if to == "json" else pd.read_csv(io.StringIO(text))
+    assert len(df) == len(load_results(out)) and "metric" in df.columns
+
+
+def test_results_dash_o_dash_parquet_is_binary_on_stdout(out, tmp_path):
+    import io
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "genft.cli", "results", str(out), "-o", "-",
+                           "--to", "parquet"], capture_output=True, cwd=tmp_path, env=env,
+                          check=True)
+    assert len(pd.read_parquet(io.BytesIO(done.stdout))) == len(load_results(out))
+    assert not (tmp_path / "-").exists()
+
+
+def test_results_to_a_reader_that_stopped_reading_is_quiet(out):
+    """`genft results DIR -o - | head -1`: no BrokenPipeError traceback, the shell's 141."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "genft.cli", "results", str(out), "-o", "-"],
+                          stdout=write, stderr=subprocess.PIPE, env=env)
+    os.close(write)
+    assert done.returncode == 141 and done.stderr == b""
 
 
 def test_genft_report_on_a_directory_without_results_is_one_line(tmp_path, capsys):

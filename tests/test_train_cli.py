@@ -10,7 +10,7 @@ import pytest
 from genft.cli import main
 from genft.models import load_model
 
-TINY_ARGS = ["--task", "tweet_sentiment", "--train-size", "8", "--batch-size", "4",
+TINY_ARGS = ["--tasks", "tweet_sentiment", "--train-size", "8", "--batch-size", "4",
              "--max-length", "96", "--steps", "2", "--lr", "1e-2", "--no-progress"]
 
 

@@ -19,19 +19,21 @@ def register(sub) -> None:
                     "OUT/results.jsonl, its items to OUT/items/; rerunning skips finished cells. "
                     "Under torchrun/srun (see docs/scaling.md) the items are split across processes.")
     add_include_option(p)
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model to evaluate (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME",
+                   help="model to evaluate: an alias, a Hub id, a directory, a PEFT adapter or a "
+                        "genft checkpoint")
     p.add_argument("--tasks", required=True, metavar="T1,T2|family:F",
                    help="task names and/or family:NAME, comma-separated")
     p.add_argument("--shots", metavar="K1,K2", help="demo counts (default: each task's own list)")
-    p.add_argument("--formats", default=",".join(FORMATS), metavar="F1,F2",
-                   help=f"prompt formats (default {','.join(FORMATS)})")
+    p.add_argument("--formats", default="prompt1", metavar=",".join(FORMATS),
+                   help="prompt wordings, comma-separated (as a config's `formats`)")
     p.add_argument("--sampler", choices=SAMPLERS, default="first",
-                   help="how demos are chosen (default first: the first k of the few-shot pool)")
+                   help="how demos are chosen (first: the first k of the few-shot pool)")
     p.add_argument("--scoring", choices=SCORINGS, default="loglik",
-                   help="classification: label log-likelihood (default) or first-token logits")
+                   help="classification: label log-likelihood or first-token logits")
     p.add_argument("--limit", type=int, help="only the first N test items of each task")
     p.add_argument("--batch-size", default="8", metavar="B|auto",
-                   help="rows per forward pass, or 'auto' to pick from free memory (default 8)")
+                   help="rows per forward pass, or 'auto' to pick from free memory")
     p.add_argument("--seed", type=int, default=0, help="demo sampling seed (random sampler)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--reference", action="store_true",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from genft import console
+from genft.cliutil import renamed
+from genft.experiments.results import FILE_TYPES
 from genft.models import add_model_options
-
-RESULT_FORMATS = ("csv", "json", "parquet")
 
 
 def register(sub) -> None:
@@ -14,8 +14,16 @@ def register(sub) -> None:
         description="Train every method of CONFIG on its train tasks, evaluate the base model and "
                     "every trained model on every test set / shot count / format, store each result "
                     "in OUT/results.db as it is computed, and write OUT/report.html. Running the "
-                    "same command again computes only what is missing.")
+                    "same command again computes only what is missing (with the same "
+                    "overrides: they are part of the run's config).")
     p.add_argument("config", help="experiment YAML (see docs/config.md)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="change the config before it is validated, e.g. training.lr=1e-4 "
+                        "methods.ft.steps=20 shots.sentiment=[0,4] (values are YAML; "
+                        "docs/config.md#overrides)")
+    p.add_argument("--model", metavar="NAME",
+                   help="the model to fine-tune and evaluate (= model=NAME; default: the "
+                        "config's `model:`)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<config name>)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (training runs, cells, tokens to process) and exit")
@@ -25,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: torch's choice; on a CPU shared with other "
                         "jobs, 1 can be much faster)")
-    add_model_options(p)  # override the config's `model:` options
+    add_model_options(p)  # override the config's `model:` options (after --model)
     p.add_argument("--executor", choices=("local", "ray"),
                    help="where jobs run: this process (default; under torchrun/srun every process "
                         "joins in) or a Ray cluster (overrides the config's `executor:`)")
@@ -38,8 +46,12 @@ def register(sub) -> None:
                        description="Export DIR's results as a tidy table: one row per evaluation "
                                    "cell and metric, ready for pandas.")
     p.add_argument("dir", help="a `genft run` output directory")
-    p.add_argument("--format", choices=RESULT_FORMATS, default="csv")
-    p.add_argument("--output", "-o", metavar="FILE", help="default: DIR/results.<format>")
+    p.add_argument("--output", "-o", metavar="FILE|-",
+                   help="where to write; its suffix (.csv, .json, .parquet) is the file type; "
+                        "- writes to standard output (default: DIR/results.csv)")
+    p.add_argument("--to", choices=FILE_TYPES,
+                   help="the file type, whatever -o's suffix (default: -o's suffix, else csv)")
+    renamed(p, "--format", "--to", "--format is the prompt wording everywhere")
     p.add_argument("--all", action="store_true",
                    help="every cell ever stored, not only those of the latest run's plan")
     p.set_defaults(func=cmd_results)
@@ -55,9 +67,10 @@ def cmd_run(args) -> None:
 
     progress = console.setup(args)
     said: list[str] = []
-    outcome = run(args.config, args.out, dry_run=args.dry_run, progress=progress,
-                  report=not args.no_report, threads=args.threads, executor=args.executor,
-                  ray_address=args.ray_address, echo=said.append, **model_options(args))
+    outcome = run(args.config, args.out, overrides=args.overrides, model=args.model,
+                  dry_run=args.dry_run, progress=progress, report=not args.no_report,
+                  threads=args.threads, executor=args.executor, ray_address=args.ray_address,
+                  echo=said.append, **model_options(args))
     if not args.dry_run and distributed.is_main():
         if not args.quiet:
             console.print_results(outcome.out)
@@ -71,4 +84,6 @@ def cmd_run(args) -> None:
 def cmd_results(args) -> None:
     from genft.experiments.results import export_results
 
-    print(export_results(args.dir, args.format, args.output, all_cells=args.all))
+    dest = export_results(args.dir, args.output, to=args.to, all_cells=args.all)
+    if dest is not None:  # not when the table itself went to standard output
+        print(dest)

@@ -2,24 +2,32 @@
 
 It is pure data, validated by pydantic (unknown keys are errors with the nearest
 valid name, reported as ``file:line: field: problem``). docs/config.md documents
-every key; examples/*.yaml are complete configs.
+every key; examples/*.yaml are complete configs. `genft run CONFIG KEY=VALUE ...`
+(Override) changes the loaded mapping before validation. The trainer keys of
+``training:`` and of each method entry are derived from TrainConfig (training_keys).
 """
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, ClassVar, Literal, Optional
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_serializer, model_validator)
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
+                      field_validator, model_serializer, model_validator)
 
 from genft.errors import GenftError, short
 from genft.models import DEFAULT_MODEL, ModelSpec
 from genft.tasks.demos import SAMPLERS
 from genft.tasks.schema import FORMATS
+from genft.training.config import TrainConfig
 from genft.training.method_registry import get_method, method_names
-from genft.yaml_files import load_yaml_model
+from genft.yaml_files import (first_error, load_yaml_model, parse_yaml, read_yaml_mapping,
+                              validation_message)
 
 Format = Literal["prompt1", "prompt2"]
 
@@ -31,8 +39,78 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Training(_Strict):
-    """Settings shared by every training method (each method may override them)."""
+# TrainConfig fields that every job gets from the grid: set in `training:` or a method entry
+# they would be overwritten, so they are refused with where the value comes from.
+GRID_KEYS = {
+    "tasks": "the jobs' tasks come from `train_tasks`; use `group: all` for one job on all of "
+             "them (multi-task), `group: each` for one job per task",
+    "model": "the model is the config's top-level `model`",
+    "train_size": "training sizes come from the top-level `train_sizes`",
+    "seed": "training seeds come from the top-level `seeds`",
+    "include": "task folders come from the top-level `include`",
+    "out": "checkpoints go under the run's output directory",
+    "save_every": "intermediate checkpoints come from the top-level `checkpoints: {every: N}`",
+    "method": "each entry of `methods` names its method (`method:` in the entry, else its name)",
+}
+
+
+def training_keys() -> list[str]:
+    """The trainer settings a config may set, in `training:` and in each method entry: every
+    TrainConfig field the grid does not set itself. Derived, so a TrainConfig field added
+    later is a config key with no edit here."""
+    return [k for k in TrainConfig.model_fields if k not in GRID_KEYS]
+
+
+class _TrainKeys(_Strict):
+    """Base of `training:` and a method entry. Subclasses are built by ``_with_train_keys``,
+    which adds every training key the class does not declare as an optional field (None: not
+    set here) with TrainConfig's type and bounds, so a value is checked when the config is
+    loaded (file:line) rather than when the plan is built. Added keys are written out only
+    when set (and, in `training:`, only when not the trainer's default), so a config without
+    them dumps and hashes (the run's config_hash) as it did before they were accepted."""
+
+    _DROP_DEFAULTS: ClassVar[bool] = False
+    _WHERE: ClassVar[str]  # "`training:`" or "a method entry", for the grid keys' error line
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_set_by_the_grid(cls, data):
+        if isinstance(data, dict):
+            for key in data:
+                if key in GRID_KEYS and key not in cls.model_fields:
+                    raise ValueError(f"`{key}` cannot be set in {cls._WHERE}: {GRID_KEYS[key]}")
+        return data
+
+    @model_serializer(mode="wrap")
+    def _only_set_added_keys(self, handler):
+        data = handler(self)
+        added = type(self).model_fields.keys() - type(self).__base__.model_fields.keys()
+        for key in added & data.keys():
+            default = TrainConfig.model_fields[key].default
+            if data[key] is None or self._DROP_DEFAULTS and data[key] == default:
+                del data[key]
+        return data
+
+
+def _with_train_keys(base: type[_TrainKeys]) -> type[_TrainKeys]:
+    fields = {}
+    for key in training_keys():
+        if key in base.model_fields:
+            continue
+        info = TrainConfig.model_fields[key]
+        kind = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        fields[key] = (Optional[kind], Field(None, description=info.description))
+    return create_model(base.__name__.lstrip("_"), __base__=base, __module__=__name__,
+                        __doc__=base.__doc__, **fields)
+
+
+class _Training(_TrainKeys):
+    """Settings shared by every training method (each method entry may override them): the
+    keys below plus every other training key (``training_keys()``: warmup_steps,
+    weight_decay, lora_r, …), which default to the trainer's value."""
+
+    _DROP_DEFAULTS: ClassVar[bool] = True
+    _WHERE: ClassVar[str] = "`training:`"
 
     steps: int | None = Field(None, gt=0, description="optimizer steps (default 40 unless `epochs`)")
     epochs: float | None = Field(None, gt=0, description="passes over the training set")
@@ -40,19 +118,6 @@ class Training(_Strict):
     batch_size: int = Field(8, gt=0)
     grad_accum: int = Field(1, gt=0)
     max_length: int = Field(512, gt=0)
-    mixed_precision: Literal["no", "bf16"] = Field(
-        "no", description="bf16: compute in bfloat16 (autocast), keep float32 weights")
-    gradient_checkpointing: bool = Field(False, description="less activation memory, slower steps")
-
-    @model_serializer(mode="wrap")
-    def _without_default_speed_keys(self, handler):
-        """The GPU keys are written out only when set, so a config without them dumps (and
-        hashes: the run's config_hash) as it did before they existed."""
-        data = handler(self)
-        for key in ("mixed_precision", "gradient_checkpointing"):
-            if data.get(key) == type(self).model_fields[key].default:
-                del data[key]
-        return data
     max_truncated_share: float = Field(0.1, ge=0, le=1, description="see docs/training.md")
 
     @model_validator(mode="before")
@@ -66,28 +131,17 @@ class Training(_Strict):
         return data
 
 
-# TrainConfig fields that every job gets from the grid: in a method entry they would be
-# overwritten, so they are refused with where the value comes from.
-GRID_KEYS = {
-    "tasks": "the jobs' tasks come from `train_tasks`; use `group: all` for one job on all of "
-             "them (multi-task), `group: each` for one job per task",
-    "model": "the model is the config's top-level `model`",
-    "train_size": "training sizes come from the top-level `train_sizes`",
-    "seed": "training seeds come from the top-level `seeds`",
-    "include": "task folders come from the top-level `include`",
-    "out": "checkpoints go under the run's output directory",
-}
+Training = _with_train_keys(_Training)
 
 
-class MethodSpec(BaseModel):
+class _MethodSpec(_TrainKeys):
     """One training method of the grid. ``method`` defaults to the entry's name, so
     ``ft: {}`` is FT and ``ft-low-lr: {method: ft, lr: 1e-4}`` a second FT variant.
     ``group`` says how the train tasks become jobs (default: the method's own grouping).
-    The shared training keys override ``training:``; any other key (``prompt_steps``,
-    ``lora_r``, …) is passed to the trainer's TrainConfig, which validates it — except
-    the keys the grid itself sets (GRID_KEYS), which would be silently overwritten."""
+    Every training key (``training_keys()``: ``lr``, ``prompt_steps``, ``lora_r``, …) may be
+    set and overrides ``training:``; ``shots`` may also be a mapping per task or family."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    _WHERE: ClassVar[str] = "a method entry"
 
     method: str | None = None
     group: Literal["each", "all"] | None = Field(
@@ -121,13 +175,6 @@ class MethodSpec(BaseModel):
             raise ValueError("shots must be >= 0")
         return shots
 
-    @model_validator(mode="after")
-    def _not_set_by_the_grid(self) -> MethodSpec:
-        for key in self.model_extra or {}:
-            if key in GRID_KEYS:
-                raise ValueError(f"`{key}` cannot be set in a method entry: {GRID_KEYS[key]}")
-        return self
-
     def shots_for(self, task) -> int | None:
         if not isinstance(self.shots, dict):
             return self.shots
@@ -135,6 +182,9 @@ class MethodSpec(BaseModel):
             if key in self.shots:
                 return self.shots[key]
         return None
+
+
+MethodSpec = _with_train_keys(_MethodSpec)
 
 
 class Checkpoints(_Strict):
@@ -273,24 +323,111 @@ class ExperimentConfig(_Strict):
         return self.methods[name].method or name
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a config file; every problem is one GenftError line."""
-    return load_yaml_model(Path(path), ExperimentConfig, "experiment settings")
+def load_config(path: str | Path, overrides: Sequence[str | Override] = ()) -> ExperimentConfig:
+    """Read and validate a config file, after applying ``overrides`` to its mapping; every
+    problem is one GenftError line (naming the override when one caused it)."""
+    path = Path(path)
+    if not overrides:
+        return load_yaml_model(path, ExperimentConfig, "experiment settings")
+    text, data = read_yaml_mapping(path, "experiment settings")
+    return _validate(data, overrides, lambda e: validation_message(path, text, e, ExperimentConfig))
 
 
-def parse_config(config: str | Path | dict | ExperimentConfig) -> tuple[ExperimentConfig, Path]:
-    """Accept a path, a dict or a config object; return it with the folder relative paths use."""
-    if isinstance(config, ExperimentConfig):
-        return config, Path.cwd()
-    if isinstance(config, dict):
+def parse_config(config: str | Path | dict | ExperimentConfig, overrides: Sequence[str | Override] = ()
+                 ) -> tuple[ExperimentConfig, Path]:
+    """Accept a path, a dict or a config object; return it, after ``overrides`` (``KEY=VALUE``
+    strings, see Override), with the folder relative paths use."""
+    if isinstance(config, (dict, ExperimentConfig)):
+        if isinstance(config, ExperimentConfig):
+            if not overrides:
+                return config, Path.cwd()
+            config = config.model_dump(exclude_unset=True)  # what was set, not the defaults
+        return _validate(copy.deepcopy(config), overrides, _dict_message), Path.cwd()
+    return load_config(config, overrides), Path(config).resolve().parent
+
+
+def _dict_message(e: ValidationError) -> str:
+    return validation_message(Path("config"), "", e, ExperimentConfig)  # no file, no line
+
+
+@dataclass(frozen=True)
+class Override:
+    """One ``KEY=VALUE`` of `genft run CONFIG KEY=VALUE...` (Hydra/axolotl style): a dotted
+    path into the config's mapping (``training.lr``, ``methods.ft.steps``) and a value read
+    as YAML (``1e-4``, ``[0, 4]``, ``{name: m, dtype: bf16}``; safe loader only). It replaces
+    the value at that path before validation, so the result is validated like the file:
+    ``model=NAME`` replaces the whole ``model:`` entry, ``model.name=NAME`` only its name."""
+
+    path: tuple[str, ...]
+    value: object
+    text: str  # as given, for error lines
+
+    @classmethod
+    def parse(cls, text: str) -> Override:
+        key, eq, raw = text.partition("=")
+        path = tuple(part.strip() for part in key.split("."))
+        if not eq or not all(path):
+            raise GenftError(f"override {short(text)}: expected KEY=VALUE with a dotted KEY, "
+                             f"e.g. training.lr=1e-4")
         try:
-            return ExperimentConfig.model_validate(config), Path.cwd()
-        except ValidationError as e:
-            err = e.errors()[0]
-            msg = short(err["msg"].removeprefix("Value error, "), 320, plain=True)
-            raise GenftError(f"config: {'.'.join(map(str, err['loc']))}: {msg}") from None
-    return load_config(config), Path(config).resolve().parent
+            value = parse_yaml(raw)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or e
+            raise GenftError(f"override {short(text)}: the value is not valid YAML "
+                             f"({problem})") from None
+        return cls(path, value, text)
+
+    def apply(self, data: dict) -> None:
+        node = data
+        for i, part in enumerate(self.path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                here = ".".join(self.path[:i + 1])
+                raise GenftError(f"override {short(self.text)}: `{here}` is {short(child)}, not "
+                                 f"a mapping; set it whole ({here}=VALUE)")
+            node = child
+        node[self.path[-1]] = self.value
+
+    def explains(self, loc: tuple) -> bool:
+        """Whether an error at ``loc`` is about this override's value: its path, a part of
+        it, or a level above it (a union's location also names the union's member types)."""
+        loc = tuple(map(str, loc))
+        if not loc or loc[0] != self.path[0]:
+            return False
+        rest = iter(loc)
+        return all(part in rest for part in self.path) or self.path[:len(loc)] == loc
+
+
+def _validate(data: dict, overrides: Sequence[str | Override], message) -> ExperimentConfig:
+    """Validate ``data`` after ``overrides``; an error the overrides caused names the last
+    override it is about, any other is ``message(error)`` (the file's own line)."""
+    overrides = [o if isinstance(o, Override) else Override.parse(o) for o in overrides]
+    original = copy.deepcopy(data)
+    for o in overrides:
+        o.apply(data)
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        err = first_error(e)
+        culprit = next((o for o in reversed(overrides) if o.explains(err["loc"])), None)
+        if culprit is not None and not _fails_alike(original, err):
+            raise GenftError(validation_message(Path(), "", e, ExperimentConfig,
+                                                where=f"override {short(culprit.text)}")) from None
+        raise GenftError(message(e)) from None
+
+
+def _fails_alike(data: dict, err: dict) -> bool:
+    """Whether ``data`` (the config without overrides) fails with ``err`` too."""
+    try:
+        ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        first = first_error(e)
+        return (first["loc"], first["type"]) == (err["loc"], err["type"])
+    return False
 
 
 __all__ = ["ExperimentConfig", "Resources", "TaskResources", "EXECUTION_KEYS", "Training",
-           "MethodSpec", "Checkpoints", "load_config", "parse_config", "FORMATS"]
+           "MethodSpec", "Checkpoints", "load_config", "parse_config", "Override", "training_keys",
+           "FORMATS"]

@@ -275,11 +275,13 @@ def _settings(cfg: ExperimentConfig, label: str, method: str, task_objs: list[Ta
     tasks = [t.name for t in task_objs]
     spec = cfg.methods[label]
     common = cfg.training.model_dump()
-    overrides = {k: v for k, v in spec.model_dump(exclude={"method", "group"}).items()
+    overrides = {k: v for k, v in spec.model_dump(exclude={"method", "group", "shots"}).items()
                  if v is not None}
-    overrides["shots"] = spec.shots_for(task_objs[0]) if len(task_objs) == 1 else spec.shots
-    if isinstance(overrides["shots"], dict):
+    shots = spec.shots_for(task_objs[0]) if len(task_objs) == 1 else spec.shots
+    if isinstance(shots, dict):
         raise GenftError(f"methods.{label}.shots: a per-task mapping needs one task per job")
+    if shots is not None:  # else `training: {shots: k}`, if set, holds
+        overrides["shots"] = shots
     if "epochs" in overrides:
         common["steps"] = None
     if "steps" in overrides:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import string
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -208,19 +209,47 @@ def paired_comparison(out: str | Path | Store, cell_a: str, cell_b: str, metric:
     return {"diff": diff, "se": se, "p_value": p, "n": len(shared)}
 
 
-def export_results(out: str | Path, fmt: str, dest: str | Path | None = None,
-                   all_cells: bool = False) -> Path:
+def export_results(out: str | Path, dest: str | Path | None = None, *, to: str | None = None,
+                   all_cells: bool = False) -> Path | None:
+    """Write the tidy results of ``out`` to ``dest`` (default OUT/results.csv; ``"-"``:
+    standard output, returning None) as ``to`` (csv, json, parquet; default: ``dest``'s
+    suffix, else csv). Returns the file written."""
+    fmt = to or _file_type(dest)
     df = load_results(out, all_cells)
+    if str(dest) == "-":
+        if fmt == "parquet":
+            sys.stdout.flush()
+            df.to_parquet(sys.stdout.buffer, index=False)
+            sys.stdout.buffer.flush()
+        else:
+            sys.stdout.write(_table_text(df, fmt))
+            sys.stdout.flush()
+        return None
     dest = Path(dest) if dest else Path(out) / f"results.{fmt}"
     try:
-        if fmt == "csv":
-            df.to_csv(dest, index=False)
-        elif fmt == "json":
-            dest.write_text(json.dumps(json.loads(df.to_json(orient="records")), indent=1))
-        elif fmt == "parquet":
+        if fmt == "parquet":
             df.to_parquet(dest, index=False)
         else:
-            raise ValueError(fmt)
+            dest.write_text(_table_text(df, fmt))
     except OSError as e:
         raise GenftError(f"{dest}: cannot write the results ({e.strerror or e})") from None
     return dest
+
+
+FILE_TYPES = ("csv", "json", "parquet")
+
+
+def _file_type(dest: str | Path | None) -> str:
+    if dest is None or str(dest) == "-":
+        return "csv"
+    suffix = Path(dest).suffix.lstrip(".").lower()
+    if suffix not in FILE_TYPES:
+        raise GenftError(f"-o {dest}: cannot tell the file type from its suffix; name it "
+                         f".csv, .json or .parquet, or give --to {'|'.join(FILE_TYPES)}")
+    return suffix
+
+
+def _table_text(df: pd.DataFrame, fmt: str) -> str:
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    return json.dumps(json.loads(df.to_json(orient="records")), indent=1) + "\n"

@@ -19,7 +19,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from genft import distributed
 from genft._version import __version__
@@ -71,15 +71,17 @@ def run_experiment(config, out: str | Path | None = None, *, dry_run: bool = Fal
                    progress: bool = True, backends: Backends | None = None,
                    threads: int | None = None, executor: str | None = None,
                    ray_address: str | None = None, echo: Callable[[str], None] = print,
-                   model_options: dict | None = None) -> RunOutcome:
+                   model_options: dict | None = None, overrides: Sequence = ()) -> RunOutcome:
     """Run (or resume) a grid; ``threads`` sets torch's CPU threads (on a CPU shared with
     other jobs, 1 thread can be several times faster than oversubscribed cores).
     ``executor``/``ray_address`` override the config's (see genft.experiments.executors);
-    ``model_options`` (dtype, device, revision, ...) override the config's ``model:``.
+    ``model_options`` (dtype, device, revision, ...) override the config's ``model:``;
+    ``overrides`` (``KEY=VALUE``, genft.experiments.config.Override) are applied to the config
+    before it is validated: the run's stored config, its hash and its keys are the result.
 
     Under torchrun/srun every process calls this: rank 0 alone holds the lock, writes the
     store and the report; the others train and evaluate alongside it."""
-    cfg, cfg_dir = parse_config(config)
+    cfg, cfg_dir = parse_config(config, overrides)
     if model_options:
         cfg = cfg.model_copy(update={"model": cfg.model.replace(**model_options)})
     if threads is not None:

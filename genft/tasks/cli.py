@@ -28,12 +28,12 @@ def register(sub) -> None:
     p = sub.add_parser("prompt", help="print the exact prompt text for a test item",
                        description="Print exactly what the model will read for one test item.")
     add_include_option(p)
-    p.add_argument("task")
-    p.add_argument("--shots", type=int, default=0, help="number of demonstrations (default 0)")
-    p.add_argument("--format", choices=FORMATS, default="prompt1")
-    p.add_argument("--index", type=int, default=0, help="which test item (default 0)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="first")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("task", help="a task name (see `genft tasks`)")
+    p.add_argument("--shots", type=int, default=0, help="number of demonstrations")
+    p.add_argument("--format", choices=FORMATS, default="prompt1", help="the prompt wording")
+    p.add_argument("--index", type=int, default=0, help="which test item")
+    p.add_argument("--sampler", choices=SAMPLERS, default="first", help="how demos are chosen")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random sampler")
     p.add_argument("--answer", action="store_true", help="also print the gold answer after the prompt")
     p.set_defaults(func=cmd_prompt)
 
