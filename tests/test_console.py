@@ -136,7 +136,7 @@ def test_genft_run_quiet_prints_only_the_final_line(tmp_path, tiny_model):
 
 def test_train_quiet_prints_only_the_checkpoint(tmp_path, tiny_model):
     r = subprocess.run([sys.executable, "-m", "genft.cli", "train", "--model", tiny_model,
-                        "--task", "tweet_sentiment", "--steps", "1", "--batch-size", "2",
+                        "--tasks", "tweet_sentiment", "--steps", "1", "--batch-size", "2",
                         "--max-length", "96", "--train-size", "4", "--out", str(tmp_path / "t"),
                         "-q"], capture_output=True, text=True, timeout=300)
     assert (r.returncode, r.stderr) == (0, "")

@@ -112,3 +112,14 @@ def test_a_tracker_that_is_not_installed_is_one_line_before_anything_is_written(
     with pytest.raises(GenftError, match=f"report_to: {missing} is not installed"):
         run(tmp_path, tiny_model, "x", **FAST, report_to=[missing])
     assert not (tmp_path / "x").exists()
+
+
+def test_report_to_in_an_experiment_config_reaches_the_trainer_but_not_the_job_key():
+    from genft.experiments.config import ExperimentConfig
+    from genft.experiments.plan import build_plan
+
+    grid = {"train_tasks": ["tweet_sentiment"], "methods": {"ft": {}, "lora": {"report_to": "none"}}}
+    tracked = build_plan(ExperimentConfig.model_validate({**grid, "training": {"report_to": "tensorboard"}}))
+    plain = build_plan(ExperimentConfig.model_validate(grid))
+    assert [j.settings.get("report_to") for j in tracked.jobs] == [["tensorboard"], []]
+    assert [j.key for j in tracked.jobs] == [j.key for j in plain.jobs]

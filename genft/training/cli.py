@@ -52,7 +52,7 @@ def register(sub) -> None:
                    default="constant", help="learning rate over each stage's steps "
                                             "(transformers.get_scheduler; after the warmup)")
     g.add_argument("--warmup-steps", type=int, default=0,
-                   help="steps of linear warmup from 0 to --lr (each stage; the first step at 0)")
+                   help="steps of linear warmup from 0 to --lr")
     g.add_argument("--warmup-ratio", type=float, default=0.0,
                    help="warmup over this share of each stage's steps (instead of --warmup-steps)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")

@@ -8,16 +8,30 @@ GenftError line, so `genft train` never shows a pydantic traceback.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genft.errors import GenftError, did_you_mean
 from genft.models import DEFAULT_MODEL, ModelSpec
 from genft.training.method_registry import get_method
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "aim")
-Tracker = Literal[TRACKERS]
+
+
+def _tracker_list(value):
+    """A name, a comma-separated string or a list; "none" (or nothing) is no tracker. Part of
+    the type, so the experiment config's copy of the field (`training: {report_to: ...}`)
+    reads it the same way."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, (list, tuple)):
+        value = [v.strip() if isinstance(v, str) else v for v in value]
+        value = list(dict.fromkeys(v for v in value if v not in ("", "none")))
+    return value
+
+
+Trackers = Annotated[list[Literal[TRACKERS]], BeforeValidator(_tracker_list)]
 
 
 class TrainConfig(BaseModel):
@@ -53,7 +67,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(8, gt=0, description="per device")
     grad_accum: int = Field(1, gt=0)
     seed: int = 0
-    report_to: list[Tracker] = Field(
+    report_to: Trackers = Field(
         [], description="experiment trackers (Accelerate's): tensorboard, wandb, mlflow, aim; "
                         "default none (OUT/train_log.jsonl is always written)")
     save_every: int | None = Field(None, gt=0, description="intermediate checkpoint every N steps")
@@ -93,17 +107,6 @@ class TrainConfig(BaseModel):
     @classmethod
     def _model(cls, value):
         return ModelSpec.of(value)
-
-    @field_validator("report_to", mode="before")
-    @classmethod
-    def _trackers(cls, value):
-        """A name, a comma-separated string or a list; "none" (or nothing) is no tracker."""
-        if isinstance(value, str):
-            value = value.split(",")
-        if isinstance(value, (list, tuple)):
-            value = [v.strip() if isinstance(v, str) else v for v in value]
-            value = list(dict.fromkeys(v for v in value if v not in ("", "none")))
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
