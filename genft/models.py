@@ -273,12 +273,19 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | N
     return tok
 
 
+def check_model_name(name: str) -> None:
+    """A model reference must be an alias, a directory or a Hub id (org/name): else one line,
+    which a command can give before it starts any work."""
+    if name not in _GGUF_ALIASES and not Path(name).is_dir() and ("/" not in name
+                                                                 or name.startswith((".", "/"))):
+        raise GenftError(f"unknown model {name!r}: not a directory, a Hub id (org/name) or an alias "
+                         f"({', '.join(_GGUF_ALIASES)})")
+
+
 def _load_plain(path: str, opts: _Load):
     from transformers import AutoModelForCausalLM
 
-    if not Path(path).is_dir() and ("/" not in path or path.startswith((".", "/"))):
-        raise GenftError(f"unknown model {path!r}: not a directory, a Hub id (org/name) or an alias "
-                         f"({', '.join(_GGUF_ALIASES)})")
+    check_model_name(path)
     # A revision names a Hub commit; a local directory has none.
     revision = opts.revision if not Path(path).is_dir() else None
     extra = {k: v for k, v in (("revision", revision),

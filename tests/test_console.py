@@ -143,10 +143,10 @@ def test_train_quiet_prints_only_the_checkpoint(tmp_path, tiny_model):
     assert r.stdout == f"{tmp_path / 't' / 'final'}\n"
 
 
-def test_eval_quiet_prints_only_the_results_file(tmp_path, tiny_model):
+def test_eval_quiet_prints_only_the_results_store(tmp_path, tiny_model):
     r = subprocess.run([sys.executable, "-m", "genft.cli", "eval", "--model", tiny_model,
                         "--tasks", "tweet_sentiment", "--shots", "0", "--formats", "prompt1",
                         "--limit", "2", "--out", str(tmp_path / "e"), "--quiet"],
                        capture_output=True, text=True, timeout=300)
     assert (r.returncode, r.stderr) == (0, "")
-    assert r.stdout == f"{tmp_path / 'e' / 'results.jsonl'}\n"
+    assert r.stdout == f"{tmp_path / 'e' / 'results.db'}\n"

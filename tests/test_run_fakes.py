@@ -20,6 +20,7 @@ from genft.experiments.runner import Backends
 @dataclass
 class FakeLoaded:
     name: str
+    tokenizer: object = None
 
 
 @dataclass
@@ -70,8 +71,8 @@ def make_backends(sleep: float = 0.0, calls: list | None = None) -> Backends:
         meta = Path(ref) / "meta.json"
         return FakeLoaded(meta.read_text() if meta.is_file() else "base")
 
-    def evaluate_cell(loaded, task, shots, fmt, *, sampler, limit, batch_size, seed, scoring,
-                      progress=True):
+    def evaluate_cell(loaded, task, shots, fmt, *, sampler, limit, batch_size, seed, scoring="loglik",
+                      progress=True, backend="fast"):
         calls.append(("eval", task.name, shots, fmt))
         time.sleep(sleep)
         n = limit or 10
@@ -95,7 +96,8 @@ def make_backends(sleep: float = 0.0, calls: list | None = None) -> Backends:
         return {"overall": stats, "by_module": {"q_proj": stats, "down_proj": stats}}
 
     return Backends(load_model=load_model, train=train, train_config=train_config,
-                    param_change=param_change, evaluate_cell=evaluate_cell)
+                    param_change=param_change, evaluate_cell=evaluate_cell,
+                    check_label_words=lambda task, tokenizer, scoring: None)
 
 
 if __name__ == "__main__":

@@ -82,12 +82,19 @@ def build_inputs(task, tokenizer, shots: int, fmt: str, sampler: str = "first",
     contexts = _tokenize(tokenizer, prompts)
     items = []
     for q, prompt, ctx in zip(tests, prompts, contexts):
-        conts = [_continuation(tokenizer, prompt, ctx, separator(prompt) + w) for w in task.labels]
+        conts = [_continuation(tokenizer, prompt, ctx, continuation_text(prompt, w))
+                 for w in task.labels]
         items.append(Item(q["id"], prompt, q["output"], ctx, conts,
                           references=q.get("references")))
     if window is not None:
         _truncate(items, window, task, tokenizer)
     return CellInputs(items, list(task.labels), shared_prefix_len([it.context for it in items]))
+
+
+def continuation_text(prompt: str, label: str) -> str:
+    """The text a label is scored as after ``prompt``: separator + label word (per-byte
+    scoring divides by its UTF-8 length)."""
+    return separator(prompt) + label
 
 
 def shared_prefix_len(contexts: list[list[int]]) -> int:

@@ -44,16 +44,20 @@ def register(sub) -> None:
 
     p = sub.add_parser("results", help="export the tidy results table (one row per cell and metric)",
                        description="Export DIR's results as a tidy table: one row per evaluation "
-                                   "cell and metric, ready for pandas.")
-    p.add_argument("dir", help="a `genft run` output directory")
+                                   "cell and metric, ready for pandas (--items: one row per "
+                                   "test item, with its prediction, gold answer and score).")
+    p.add_argument("dir", help="a `genft run` or `genft eval` output directory")
     p.add_argument("--output", "-o", metavar="FILE|-",
                    help="where to write; its suffix (.csv, .json, .parquet) is the file type; "
-                        "- writes to standard output (default: DIR/results.csv)")
+                        "- writes to standard output (default: DIR/results.csv, DIR/items.csv "
+                        "with --items)")
     p.add_argument("--to", choices=FILE_TYPES,
                    help="the file type, whatever -o's suffix (default: -o's suffix, else csv)")
     renamed(p, "--format", "--to", "--format is the prompt wording everywhere")
     p.add_argument("--all", action="store_true",
                    help="every cell ever stored, not only those of the latest run's plan")
+    p.add_argument("--items", action="store_true",
+                   help="per-item predictions instead of per-cell metrics")
     p.set_defaults(func=cmd_results)
 
 
@@ -84,6 +88,6 @@ def cmd_run(args) -> None:
 def cmd_results(args) -> None:
     from genft.experiments.results import export_results
 
-    dest = export_results(args.dir, args.output, to=args.to, all_cells=args.all)
+    dest = export_results(args.dir, args.output, to=args.to, all_cells=args.all, items=args.items)
     if dest is not None:  # not when the table itself went to standard output
         print(dest)

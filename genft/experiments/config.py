@@ -20,7 +20,9 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
                       field_validator, model_serializer, model_validator)
 
-from genft.errors import GenftError, short
+from genft.errors import GenftError, did_you_mean, short
+from genft.evaluation.backends import DEFAULT_BACKEND, backend_names
+from genft.evaluation.scoring import DEFAULT_SCORING, scoring_names
 from genft.models import DEFAULT_MODEL, ModelSpec
 from genft.tasks.demos import SAMPLERS
 from genft.tasks.schema import FORMATS
@@ -33,6 +35,21 @@ Format = Literal["prompt1", "prompt2"]
 
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # no '/', no '.' or '..', no hidden file
+
+
+def _known_sampler(name: str) -> str:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    return name
+
+
+def _known(kind: str, name: str, names) -> str:
+    """A registered scoring rule or backend (read from its registry, so a rule a test registers
+    is accepted)."""
+    if name not in names:
+        raise ValueError(f"unknown {kind} {name!r}{did_you_mean(name, names)}; "
+                         f"choose from {', '.join(names)}")
+    return name
 
 
 class _Strict(BaseModel):
@@ -219,8 +236,8 @@ class Resources(_Strict):
     max_retries: int = Field(3, ge=0, description="times Ray reruns a task whose worker died")
 
 
-# where the work runs, not what it computes: left out of the config hash
-EXECUTION_KEYS = {"executor", "ray_address", "resources"}
+# where and how the work runs, not what it computes: left out of the config hash
+EXECUTION_KEYS = {"executor", "ray_address", "resources", "backend"}
 
 
 class ExperimentConfig(_Strict):
@@ -241,7 +258,8 @@ class ExperimentConfig(_Strict):
     formats: list[Format] = Field(["prompt1"], min_length=1)
     limit: int | dict[str, int] | None = None
     sampler: str = "first"
-    scoring: Literal["loglik", "first-token"] = "loglik"
+    scoring: str = Field(DEFAULT_SCORING, description="classification rule: a registered scoring")
+    backend: str = Field(DEFAULT_BACKEND, description="what computes the scores (not in any key)")
     eval_seed: int = 0
     eval_batch_size: int = Field(8, gt=0)
     checkpoints: Checkpoints | None = None
@@ -291,9 +309,17 @@ class ExperimentConfig(_Strict):
     @field_validator("sampler")
     @classmethod
     def _sampler(cls, name: str) -> str:
-        if name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-        return name
+        return _known_sampler(name)
+
+    @field_validator("scoring")
+    @classmethod
+    def _scoring(cls, name: str) -> str:
+        return _known("scoring", name, scoring_names())
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, name: str) -> str:
+        return _known("backend", name, backend_names())
 
     @field_validator("shots")
     @classmethod
@@ -321,6 +347,39 @@ class ExperimentConfig(_Strict):
 
     def method_name(self, name: str) -> str:
         return self.methods[name].method or name
+
+
+class EvalConfig(_Strict):
+    """`genft eval`: one model over tasks × shots × formats. Its keys are named as in
+    ExperimentConfig, so the planner builds its cells (and their keys) as it builds the base
+    model's cells of an experiment: the same model and settings share cells across both."""
+
+    model: ModelSpec = ModelSpec(name=DEFAULT_MODEL)
+    tasks: list[str] = Field(min_length=1, description="task names and/or family:NAME")
+    include: list[str] = Field([], description="extra task folders, relative to the cwd")
+    shots: list[int] | None = Field(None, description="default: each task's own list")
+    formats: list[Format] = Field(["prompt1"], min_length=1)
+    limit: int | None = Field(None, ge=1)
+    sampler: str = "first"
+    scoring: str = DEFAULT_SCORING
+    backend: str = DEFAULT_BACKEND
+    eval_seed: int = 0
+    eval_batch_size: int | Literal["auto"] = 8
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, name: str) -> str:
+        return _known_sampler(name)
+
+    @field_validator("scoring")
+    @classmethod
+    def _scoring(cls, name: str) -> str:
+        return _known("scoring", name, scoring_names())
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, name: str) -> str:
+        return _known("backend", name, backend_names())
 
 
 def load_config(path: str | Path, overrides: Sequence[str | Override] = ()) -> ExperimentConfig:
@@ -428,6 +487,6 @@ def _fails_alike(data: dict, err: dict) -> bool:
     return False
 
 
-__all__ = ["ExperimentConfig", "Resources", "TaskResources", "EXECUTION_KEYS", "Training",
-           "MethodSpec", "Checkpoints", "load_config", "parse_config", "Override", "training_keys",
-           "FORMATS"]
+__all__ = ["ExperimentConfig", "EvalConfig", "Resources", "TaskResources", "EXECUTION_KEYS",
+           "Training", "MethodSpec", "Checkpoints", "load_config", "parse_config", "Override",
+           "training_keys", "FORMATS"]

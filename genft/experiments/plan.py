@@ -22,7 +22,7 @@ from pathlib import Path
 
 from genft.errors import GenftError
 from genft.evaluation import SCORING_VERSION
-from genft.experiments.config import ExperimentConfig
+from genft.experiments.config import EvalConfig, ExperimentConfig
 from genft.tasks.registry import TaskRegistry, registry
 from genft.tasks.task import Task
 from genft.training.config import TrainConfig
@@ -72,19 +72,21 @@ class Cell:
     shots: int
     format: str
     sampler: str
-    scoring: str
+    scoring: str  # the classification rule's name; "greedy" for generation (as the key has it)
     limit: int | None
     seed: int
     data_hash: str = ""  # the test task's data hash (part of the key; kept as provenance)
 
     def eval_kwargs(self, batch_size: int) -> dict:
-        return dict(sampler=self.sampler, limit=self.limit, batch_size=batch_size, seed=self.seed,
-                    scoring=self.scoring)
+        kwargs = dict(sampler=self.sampler, limit=self.limit, batch_size=batch_size, seed=self.seed)
+        if self.type == "classification":  # generation decodes greedily: no scoring rule
+            kwargs["scoring"] = self.scoring
+        return kwargs
 
 
 @dataclass
 class Plan:
-    config: ExperimentConfig
+    config: ExperimentConfig | EvalConfig  # EvalConfig: `genft eval`'s one-model plan
     registry: TaskRegistry
     base: ModelRef
     jobs: list[TrainJob]
@@ -112,16 +114,13 @@ def build_plan(cfg: ExperimentConfig, config_dir: Path = Path("."), world_size: 
             raise GenftError(f"train task {t.name!r} has no train split ({t.path})")
     tests = select_tests(cfg, reg, train_tasks)
     jobs = expand_jobs(cfg, train_tasks, include, world_size)
-    base = ModelRef(stable_hash({"base": cfg.model.identity()}), "base")
+    base = base_model(cfg)
     precision = eval_precision(cfg)
 
     cells: dict[str, Cell] = {}
     ck_tests = _checkpoint_tests(cfg, reg, tests)
     for model in [base, *(ModelRef(j.key, j.label, j) for j in jobs)]:
-        for task in tests:
-            for k in shots_for(cfg, task):
-                for fmt in cfg.formats:
-                    _add(cells, cfg, model, task, k, fmt, precision)
+        _add_model_cells(cells, cfg, model, tests, precision)
         for task, ks, fmts in ck_tests:  # base and final models are the curve's end points
             for k in ks:
                 for fmt in fmts:
@@ -136,7 +135,42 @@ def build_plan(cfg: ExperimentConfig, config_dir: Path = Path("."), world_size: 
     return Plan(cfg, reg, base, jobs, tests, list(cells.values()), include)
 
 
-def eval_precision(cfg: ExperimentConfig) -> dict:
+def build_eval_plan(cfg: EvalConfig, cwd: Path = Path(".")) -> Plan:
+    """`genft eval`'s plan: one model (the base model, no training) over ``cfg.tasks`` × shots ×
+    formats, its cells built as build_plan builds the base model's, so they carry the keys a
+    `genft run` of the same model and settings gives them. A shot count beyond a task's
+    few-shot pool is refused here, before any model is loaded."""
+    include = tuple(str((cwd / p).resolve()) for p in cfg.include)
+    reg = registry(include)
+    tests = reg.select(cfg.tasks)
+    for task in tests:
+        pool = len(task.records("fewshot"))
+        for k in shots_for(cfg, task):
+            if k < 0:
+                raise GenftError(f"--shots: {k} is negative")
+            if k > pool:
+                raise GenftError(f"--shots {k}: task {task.name!r} has only {pool} few-shot "
+                                 f"examples to draw demos from")
+    base = base_model(cfg)
+    cells: dict[str, Cell] = {}
+    _add_model_cells(cells, cfg, base, tests, eval_precision(cfg))
+    return Plan(cfg, reg, base, [], tests, list(cells.values()), include)
+
+
+def base_model(cfg: ExperimentConfig | EvalConfig) -> ModelRef:
+    """The untrained model (the reference row), keyed by its identity (name and revision)."""
+    return ModelRef(stable_hash({"base": cfg.model.identity()}), "base")
+
+
+def _add_model_cells(cells: dict, cfg: ExperimentConfig | EvalConfig, model: ModelRef,
+                     tests: list[Task], precision: dict) -> None:
+    for task in tests:
+        for k in shots_for(cfg, task):
+            for fmt in cfg.formats:
+                _add(cells, cfg, model, task, k, fmt, precision)
+
+
+def eval_precision(cfg: ExperimentConfig | EvalConfig) -> dict:
     """The dtype models are evaluated in, as part of every cell key, once it is not float32
     (``dtype: auto`` is bfloat16 on a GPU: a CPU run's float32 cells are not reused there).
     Empty for float32, so keys from before dtypes existed still hold."""
@@ -147,15 +181,15 @@ def eval_precision(cfg: ExperimentConfig) -> dict:
     return {} if name == "float32" else {"dtype": name}
 
 
-def _add(cells: dict, cfg: ExperimentConfig, model: ModelRef, task: Task, k: int, fmt: str,
-         precision: dict) -> None:
+def _add(cells: dict, cfg: ExperimentConfig | EvalConfig, model: ModelRef, task: Task, k: int,
+         fmt: str, precision: dict) -> None:
     limit = limit_for(cfg, task)
     scoring = cfg.scoring if task.type == "classification" else "greedy"  # generation ignores it
     key = stable_hash({"model": model.key, "task": task.name, "data": task.data_hash, "shots": k,
                        "format": fmt, "sampler": cfg.sampler, "scoring": scoring, "limit": limit,
                        "seed": cfg.eval_seed, "scoring_version": SCORING_VERSION, **precision})
     cells.setdefault(key, Cell(key, model, task.name, task.family, task.type, k, fmt, cfg.sampler,
-                               cfg.scoring, limit, cfg.eval_seed, task.data_hash))
+                               scoring, limit, cfg.eval_seed, task.data_hash))
 
 
 def validate_plan(plan: Plan) -> None:
