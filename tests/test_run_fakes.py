@@ -44,7 +44,7 @@ def make_backends(sleep: float = 0.0, calls: list | None = None) -> Backends:
     def train_config(**kw):
         return dict(kw)
 
-    def train(cfg, progress=True, resume=False):
+    def train(cfg, progress=True, resume=False, on_progress=None):
         calls.append(("train", cfg["method"], resume))
         out = Path(cfg["out"])
         out.mkdir(parents=True, exist_ok=True)
@@ -58,6 +58,8 @@ def make_backends(sleep: float = 0.0, calls: list | None = None) -> Backends:
                 d.mkdir(parents=True, exist_ok=True)
                 (d / "meta.json").write_text(json.dumps({"method": cfg["method"], "step": step,
                                                          "tasks": cfg["tasks"]}))
+            if on_progress:
+                on_progress(step / cfg["steps"])
         final = out / "final"
         final.mkdir(exist_ok=True)
         (final / "meta.json").write_text(json.dumps({"method": cfg["method"], "step": cfg["steps"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from genft import console
 from genft.errors import GenftError
 from genft.evaluation.backends import DEFAULT_BACKEND, backend_names
 from genft.evaluation.scoring import DEFAULT_SCORING, scoring_names
@@ -45,6 +46,7 @@ def register(sub) -> None:
     p.add_argument("--reference", dest="backend", action="store_const", const="reference",
                    help="same as --backend reference")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    console.add_options(p)
     add_model_options(p)
     p.set_defaults(func=cmd_eval)
 
@@ -59,13 +61,14 @@ def _int_list(text: str, option: str) -> list[int]:
 def cmd_eval(args) -> None:
     """A one-model plan through the runner and store of `genft run` (composed by genft.api:
     evaluation itself knows nothing of plans or stores)."""
+    from pathlib import Path
+
+    from genft import distributed
     from genft.api import evaluate_tasks
+    from genft.experiments.store import DB_FILE
     from genft.models import model_options
 
-    if args.no_progress:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # the weight-loading bar too
+    progress = console.setup(args)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -78,5 +81,8 @@ def cmd_eval(args) -> None:
                    shots=_int_list(args.shots, "--shots") if args.shots else None, formats=formats,
                    sampler=args.sampler, scoring=args.scoring, limit=args.limit, seed=args.seed,
                    batch_size=args.batch_size if args.batch_size == "auto" else int(args.batch_size),
-                   include=args.include, progress=not args.no_progress,
+                   include=args.include, progress=progress,
+                   echo=(lambda line: None) if args.quiet else print,
                    backend=args.backend, **model_options(args))
+    if args.quiet and distributed.is_main():
+        print(Path(args.out) / DB_FILE)  # the one final line: where the results are

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from genft import console
 from genft.cliutil import renamed
 from genft.experiments.results import FILE_TYPES
 from genft.models import add_model_options
@@ -27,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (training runs, cells, tokens to process) and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    console.add_options(p)
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: torch's choice; on a CPU shared with other "
@@ -60,12 +62,27 @@ def register(sub) -> None:
 
 
 def cmd_run(args) -> None:
+    """Run, then (rank 0) the results table and a summary line, then what the run said last
+    (the report's path, or the dry run's plan): --quiet keeps only that last line."""
+    from genft import distributed
     from genft.api import run  # run + report, composed above both layers
+    from genft.experiments.store import DB_FILE
     from genft.models import model_options
 
-    run(args.config, args.out, overrides=args.overrides, model=args.model, dry_run=args.dry_run,
-        progress=not args.no_progress, report=not args.no_report, threads=args.threads,
-        executor=args.executor, ray_address=args.ray_address, **model_options(args))
+    progress = console.setup(args)
+    said: list[str] = []
+    outcome = run(args.config, args.out, overrides=args.overrides, model=args.model,
+                  dry_run=args.dry_run, progress=progress, report=not args.no_report,
+                  threads=args.threads, executor=args.executor, ray_address=args.ray_address,
+                  echo=said.append, **model_options(args))
+    if not args.dry_run and distributed.is_main():
+        if not args.quiet:
+            console.print_results(outcome.out)
+        if not args.quiet or not said:
+            print(f"this run: {outcome.computed} cells computed, {outcome.trained} models "
+                  f"trained; results in {outcome.out / DB_FILE}")
+    for line in said:
+        print(line)
 
 
 def cmd_results(args) -> None:

@@ -375,16 +375,23 @@ def intermediate_steps(cfg: ExperimentConfig, job: TrainJob) -> list[int]:
 
 def estimate_tokens(plan: Plan) -> dict[str, int]:
     """Rough token counts (≈ 4 characters a token) of training and evaluation."""
+    cells, jobs = token_estimates(plan)
+    return {"training": int(sum(jobs.values())), "evaluation": int(sum(cells.values()))}
+
+
+def token_estimates(plan: Plan) -> tuple[dict[str, int], dict[str, int]]:
+    """Rough tokens to process per cell and per training job, by key (the dry run's totals;
+    `genft run`'s progress bar weighs its work by them)."""
     per_record = {t.name: _record_tokens(t) for t in plan.tests}
-    evaluation = 0
+    cells = {}
     for c in plan.cells:
         task = plan.registry.get(c.task)
         n = c.limit or _test_size(task)
         if c.limit and _test_size(task):
             n = min(n, _test_size(task))
         answer = task.spec.max_new_tokens if task.type == "generation" else len(task.labels)
-        evaluation += n * (per_record[c.task] * (c.shots + 1) + answer)
-    training = 0
+        cells[c.key] = n * (per_record[c.task] * (c.shots + 1) + answer)
+    jobs = {}
     for job in plan.jobs:
         group = [plan.registry.get(n) for n in job.tasks]
         rec = sum(_record_tokens(t) for t in group) / len(group)
@@ -394,8 +401,8 @@ def estimate_tokens(plan: Plan) -> dict[str, int]:
         length = min(rec * (1 + demos), s.get("max_length", 512))
         stages = len(method.stages(TrainConfig(**s, out=""), group))
         per_step = s.get("batch_size", 8) * s.get("grad_accum", 1)
-        training += int((job.total_steps or 0) * per_step * length * stages)
-    return {"training": int(training), "evaluation": int(evaluation)}
+        jobs[job.key] = int((job.total_steps or 0) * per_step * length * stages)
+    return cells, jobs
 
 
 def _test_size(task: Task) -> int | None:

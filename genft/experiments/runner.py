@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from tqdm.auto import tqdm
-
 from genft import distributed
 from genft._version import __version__
 from genft.errors import GenftError, check_writable_dir, disk_full_is_one_line
 from genft.experiments.config import EXECUTION_KEYS, ExperimentConfig, parse_config
 from genft.experiments.executors import Unit, make_executor
+from genft.experiments.progress import RunProgress
 from genft.experiments.plan import (Cell, ModelRef, Plan, TrainJob, build_plan, describe,
                                     stable_hash, validate_plan)
 from genft.experiments.store import DB_FILE, OutputLock, Store
@@ -170,8 +169,7 @@ class _Runner:
                       len(planned), len(planned & done), len(self.plan.jobs))
         if self.cell_lines and planned & done:
             self.echo(f"{len(planned & done)} of {len(planned)} cells already in {self.out}, skipped")
-        self.bar = tqdm(total=len(planned), initial=len(planned & done), desc="cells", unit="cell",
-                        position=0, disable=not self.progress, dynamic_ncols=True)
+        self.bar = RunProgress(self.plan, planned & done, set(trained), self.progress)
         status = "failed"
         try:
             units = self._eval_units(self.plan.base, cfg.model.name, done)
@@ -223,20 +221,23 @@ class _Runner:
 
         def announce() -> None:  # when it starts, not when it is planned
             if final is None:
+                self.bar.doing(f"training {job.label}")
                 self.log.info("training %s on %s (size %s, seed %d)%s -> %s", job.label,
                               "+".join(job.tasks), job.train_size, job.seed,
                               " [resuming]" if resume else "", out_dir)
 
         registered = distributed.main_decides(
             lambda: {m.key for m in steps if self.store.checkpoint(m.key) is not None})
+        in_process = self.progress and self.executor.in_process
         args = (self.b, job, final, str(out_dir), resume, self.plan.config.model,
-                [(m.key, m.step, m.key not in registered) for m in steps],
-                self.progress and self.executor.in_process)
+                [(m.key, m.step, m.key not in registered) for m in steps], in_process,
+                (lambda share: self.bar.training(job, share)) if in_process else None)
         return [Unit("train", train_job, args, lambda r: self._trained(job, r, done),
                      label=_job_name(job), on_start=announce)]
 
     def _trained(self, job: TrainJob, result: TrainedJob, done: set[str]) -> list[Unit]:
         """Record a job's checkpoints (final, then intermediate); return its evaluations."""
+        self.bar.trained(job)
         if result.seconds is not None:
             self.stages[f"training: {_job_name(job)}"] += result.seconds
             self.trained += 1
@@ -295,8 +296,9 @@ class _Runner:
                 self.progress and self.executor.in_process, self.load_options,
                 self.plan.config.backend)
         return [Unit("eval", evaluate_model, args, lambda r: self._evaluated(name, r, done),
-                     label=name, on_start=lambda: self.log.info("evaluating %s: %d cells", name,
-                                                                len(pending)))]
+                     label=name, on_start=lambda: (
+                         self.bar.doing(f"evaluating {name}"),
+                         self.log.info("evaluating %s: %d cells", name, len(pending))))]
 
     def _evaluated(self, name: str, evaluated: EvaluatedCell, done: set[str]) -> list[Unit]:
         cell, result = evaluated.cell, evaluated.result
@@ -308,8 +310,7 @@ class _Runner:
             self.store.add_cell(cell, record, result.items, self.run_id, provenance)
         done.add(cell.key)
         self.computed += 1
-        self.bar.update(1)
-        self.bar.set_postfix_str(f"evaluating {name}")
+        self.bar.evaluated(cell)
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items()
                             if isinstance(v, (int, float)))
         self.log.info("cell %s: %s %s %d-shot %s n=%d %.1fs %s", cell.key, cell.model.label, cell.task,
@@ -347,16 +348,17 @@ class EvaluatedCell:
 
 
 def train_job(b: Backends, job: TrainJob, final: str | None, out_dir: str, resume: bool,
-              base_model: str, steps: list[tuple[str, int, bool]], progress: bool
-              ) -> Iterator[TrainedJob]:
+              base_model: str, steps: list[tuple[str, int, bool]], progress: bool,
+              on_progress: Callable[[float], None] | None = None) -> Iterator[TrainedJob]:
     """Train ``job`` unless ``final`` already exists, then find its intermediate checkpoints
     ``steps`` (model key, step, needs registering) and compute the parameter-change statistics
-    of what is new. Collective under torchrun: every rank calls it, rank 0 decides."""
+    of what is new. Collective under torchrun: every rank calls it, rank 0 decides.
+    ``on_progress``: the trainer's per-step share of the job done (in-process only)."""
     seconds = None
     if final is None:
         start = time.time()
         cfg = b.train_config(**_per_process(job.settings), out=out_dir)
-        final = str(b.train(cfg, progress=progress, resume=resume))
+        final = str(b.train(cfg, progress=progress, resume=resume, on_progress=on_progress))
         seconds = time.time() - start
     on_disk = distributed.main_decides(lambda: {
         step: str(path) for _, step, _ in steps
@@ -435,8 +437,7 @@ def _job_name(job: TrainJob) -> str:
 
 def _file_logger(path: Path) -> logging.Logger:
     log = logging.getLogger(f"genft.run.{path.resolve()}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    log.setLevel(logging.INFO)  # its lines reach the terminal too at the console's level (-v)
     if not log.handlers:
         handler = logging.FileHandler(path, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
