@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Optional
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model,
                       field_validator, model_serializer, model_validator)
 
 from genft.errors import GenftError, did_you_mean, short
@@ -43,13 +43,21 @@ def _known_sampler(name: str) -> str:
     return name
 
 
-def _known(kind: str, name: str, names) -> str:
-    """A registered scoring rule or backend (read from its registry, so a rule a test registers
-    is accepted)."""
-    if name not in names:
-        raise ValueError(f"unknown {kind} {name!r}{did_you_mean(name, names)}; "
-                         f"choose from {', '.join(names)}")
-    return name
+def _known(kind: str, names):
+    """A validator for a registered name (read from its registry when a config is validated, so
+    a scoring rule or backend a test registers is accepted)."""
+    def check(name: str) -> str:
+        if name not in names():
+            raise ValueError(f"unknown {kind} {name!r}{did_you_mean(name, names())}; "
+                             f"choose from {', '.join(names())}")
+        return name
+    return AfterValidator(check)
+
+
+# Evaluation settings shared by `genft run` (ExperimentConfig) and `genft eval` (EvalConfig).
+Sampler = Annotated[str, AfterValidator(_known_sampler)]
+ScoringName = Annotated[str, _known("scoring", scoring_names)]
+BackendName = Annotated[str, _known("backend", backend_names)]
 
 
 class _Strict(BaseModel):
@@ -257,9 +265,11 @@ class ExperimentConfig(_Strict):
     shots: list[int] | dict[str, list[int]] | None = None
     formats: list[Format] = Field(["prompt1"], min_length=1)
     limit: int | dict[str, int] | None = None
-    sampler: str = "first"
-    scoring: str = Field(DEFAULT_SCORING, description="classification rule: a registered scoring")
-    backend: str = Field(DEFAULT_BACKEND, description="what computes the scores (not in any key)")
+    sampler: Sampler = "first"
+    scoring: ScoringName = Field(DEFAULT_SCORING,
+                                 description="classification rule: a registered scoring")
+    backend: BackendName = Field(DEFAULT_BACKEND,
+                                 description="what computes the scores (not in any key)")
     eval_seed: int = 0
     eval_batch_size: int = Field(8, gt=0)
     checkpoints: Checkpoints | None = None
@@ -306,21 +316,6 @@ class ExperimentConfig(_Strict):
             raise ValueError("limit must be at least 1 (null for every test item)")
         return limit
 
-    @field_validator("sampler")
-    @classmethod
-    def _sampler(cls, name: str) -> str:
-        return _known_sampler(name)
-
-    @field_validator("scoring")
-    @classmethod
-    def _scoring(cls, name: str) -> str:
-        return _known("scoring", name, scoring_names())
-
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, name: str) -> str:
-        return _known("backend", name, backend_names())
-
     @field_validator("shots")
     @classmethod
     def _shots(cls, shots):
@@ -360,26 +355,11 @@ class EvalConfig(_Strict):
     shots: list[int] | None = Field(None, description="default: each task's own list")
     formats: list[Format] = Field(["prompt1"], min_length=1)
     limit: int | None = Field(None, ge=1)
-    sampler: str = "first"
-    scoring: str = DEFAULT_SCORING
-    backend: str = DEFAULT_BACKEND
+    sampler: Sampler = "first"
+    scoring: ScoringName = DEFAULT_SCORING
+    backend: BackendName = DEFAULT_BACKEND
     eval_seed: int = 0
     eval_batch_size: int | Literal["auto"] = 8
-
-    @field_validator("sampler")
-    @classmethod
-    def _sampler(cls, name: str) -> str:
-        return _known_sampler(name)
-
-    @field_validator("scoring")
-    @classmethod
-    def _scoring(cls, name: str) -> str:
-        return _known("scoring", name, scoring_names())
-
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, name: str) -> str:
-        return _known("backend", name, backend_names())
 
 
 def load_config(path: str | Path, overrides: Sequence[str | Override] = ()) -> ExperimentConfig:
