@@ -58,7 +58,8 @@ def run_genft(work: dict, reference: bool) -> dict:
     task = registry().get(work["task"])
     start = time.perf_counter()
     result = evaluate_cell(loaded, task, work["shots"], work["format"], limit=work["limit"],
-                           batch_size=BATCH, progress=False, fast_path=not reference)
+                           batch_size=BATCH, progress=False,
+                           backend="reference" if reference else "fast")
     seconds = time.perf_counter() - start
     return {"eval_seconds": seconds, "score": result.metrics[work["metric"]],
             "predictions": [i["prediction"] for i in result.items],

@@ -137,7 +137,7 @@ def check_eval(model_dir, device, dtype, n_items, n_gen, tiny, results, failures
         fast = evaluate_cell(loaded, task, shots, "prompt1", limit=limit, batch_size=16,
                              progress=False)
         ref = evaluate_cell(loaded, task, shots, "prompt1", limit=limit, progress=False,
-                            fast_path=False)
+                            backend="reference")
         agree = sum(a["prediction"] == b["prediction"] for a, b in zip(fast.items, ref.items))
         rate = agree / max(1, len(fast.items))
         delta = max((abs(a["scores"][k] - b["scores"][k]) for a, b in zip(fast.items, ref.items)

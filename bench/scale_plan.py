@@ -108,7 +108,7 @@ def _unit(*parts) -> float:
 
 
 def fake_backends() -> Backends:
-    def train(cfg, progress=True, resume=False):
+    def train(cfg, progress=True, resume=False, on_progress=None):
         final = Path(cfg["out"]) / "final"
         final.mkdir(parents=True, exist_ok=True)
         (final / "name").write_text(cfg["method"])

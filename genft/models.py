@@ -51,6 +51,9 @@ class ModelSpec(BaseModel):
     --dtype/--device/... options, the experiment config's ``model:`` and the Python API.
 
     ``trust_remote_code`` runs Python code that comes with a Hub model: off unless asked.
+    ``chat_template``: the model reads every prompt wrapped in its tokenizer's chat template
+    (see :func:`genft.tasks.prompts.model_prompt`); this changes results, so it is part of
+    the identity when on.
     Written out (``model_dump``), a spec with every option at its default is just its name,
     so configs, stored run records and keys from before these options existed are unchanged.
     """
@@ -63,6 +66,7 @@ class ModelSpec(BaseModel):
     revision: str | None = None
     attn_implementation: str | None = None
     trust_remote_code: bool = False
+    chat_template: bool = False
 
     @field_validator("dtype")
     @classmethod
@@ -116,18 +120,23 @@ class ModelSpec(BaseModel):
 
     def identity(self) -> str | dict:
         """What of the spec changes a model's results: the name, a revision, a dtype other than
-        float32 stated explicitly. Placement (device, attention kernel) does not; the dtype
-        ``auto`` resolves to per evaluation is keyed by the plan (:func:`resolve_dtype`)."""
+        float32 stated explicitly, the chat template when on. Placement (device, attention
+        kernel) does not; the dtype ``auto`` resolves to per evaluation is keyed by the plan
+        (:func:`resolve_dtype`). Options at their defaults are left out, so keys from before
+        they existed are unchanged."""
         extra = {k: v for k, v in (("revision", self.revision),
                                    ("dtype", self.dtype if self.dtype not in ("auto", "float32")
-                                    else None)) if v is not None}
+                                    else None),
+                                   ("chat_template", True if self.chat_template else None))
+                 if v is not None}
         return {"name": self.name, **extra} if extra else self.name
 
     def load_options(self, training: bool = False) -> dict:
         """Keyword arguments of :func:`load_model` for this spec."""
         return dict(dtype=self.dtype, device=self.device, revision=self.revision,
                     attn_implementation=self.attn_implementation,
-                    trust_remote_code=self.trust_remote_code, training=training)
+                    trust_remote_code=self.trust_remote_code, chat_template=self.chat_template,
+                    training=training)
 
 
 def add_model_options(parser) -> None:
@@ -143,12 +152,24 @@ def add_model_options(parser) -> None:
                    help="transformers attention kernel (default: transformers' choice)")
     g.add_argument("--trust-remote-code", action="store_true", default=None,
                    help="run Python code shipped with a Hub model (off unless given)")
+    add_chat_template_option(parser)
+
+
+def add_chat_template_option(parser) -> None:
+    """``--chat-template``: every command that reads prompts as a model does (eval, train, run,
+    prompt). Default None: not given leaves the config's (or ModelSpec's) value."""
+    parser.add_argument("--chat-template", action="store_true", default=None,
+                        help="wrap every prompt in the model's chat template, as one user turn "
+                             "(docs/evaluation.md#chat-templates; off unless given)")
+
+
+MODEL_OPTIONS = ("dtype", "device", "revision", "attn_implementation", "trust_remote_code",
+                 "chat_template")
 
 
 def model_options(args) -> dict:
-    """The placement/precision options given on the command line (see add_model_options)."""
-    return {k: v for k in ("dtype", "device", "revision", "attn_implementation",
-                           "trust_remote_code") if (v := getattr(args, k, None)) is not None}
+    """The model options given on the command line (see add_model_options)."""
+    return {k: v for k in MODEL_OPTIONS if (v := getattr(args, k, None)) is not None}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -198,6 +219,7 @@ class LoadedModel:
     method: str = "base"
     tasks: list[str] = field(default_factory=list)
     soft_prompts: dict[str, torch.Tensor] = field(default_factory=dict)
+    chat_template: bool = False  # prompts are wrapped in the tokenizer's chat template
 
     def soft_prompt_for(self, task: str) -> torch.Tensor | None:
         """The soft prompt to prepend for ``task``, or None (ProMoT: only its own tasks)."""
@@ -219,20 +241,29 @@ def load_model(name: str | os.PathLike | ModelSpec = DEFAULT_MODEL, *,
                dtype: str | torch.dtype | None = None,
                device: str | None = None, revision: str | None = None,
                attn_implementation: str | None = None, trust_remote_code: bool | None = None,
-               training: bool = False) -> LoadedModel:
+               chat_template: bool | None = None, training: bool = False) -> LoadedModel:
     """Load any supported model reference onto ``device`` in ``dtype`` (both ``auto`` by
     default: on a CPU, float32 as always; see :class:`ModelSpec`). ``name`` may be a spec;
     keyword options override it. ``revision`` applies to a Hub model (or a checkpoint's Hub
-    base). Problems become one-line GenftErrors."""
+    base). A checkpoint trained with ``chat_template`` on is read wrapped as it was trained.
+    Problems become one-line GenftErrors, a chat template asked of a tokenizer without one
+    included."""
     if dtype is not None and not isinstance(dtype, str):  # a torch.dtype
         dtype = str(dtype).removeprefix("torch.")
     spec = ModelSpec.of(name).replace(dtype=dtype, device=device, revision=revision,
                                       attn_implementation=attn_implementation,
-                                      trust_remote_code=trust_remote_code)
+                                      trust_remote_code=trust_remote_code,
+                                      chat_template=chat_template)
     target = resolve_device(spec.device)
     opts = _Load(resolve_dtype(spec.dtype, target, training), target, spec.revision,
                  spec.attn_implementation, spec.trust_remote_code)
-    return _load(spec.name, opts)
+    loaded = _load(spec.name, opts)
+    loaded.chat_template = loaded.chat_template or spec.chat_template
+    if loaded.chat_template:
+        from genft.tasks.prompts import check_chat_template
+
+        check_chat_template(loaded.tokenizer, loaded.name)
+    return loaded
 
 
 @dataclass(frozen=True)
@@ -273,12 +304,19 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | N
     return tok
 
 
+def check_model_name(name: str) -> None:
+    """A model reference must be an alias, a directory or a Hub id (org/name): else one line,
+    which a command can give before it starts any work."""
+    if name not in _GGUF_ALIASES and not Path(name).is_dir() and ("/" not in name
+                                                                 or name.startswith((".", "/"))):
+        raise GenftError(f"unknown model {name!r}: not a directory, a Hub id (org/name) or an alias "
+                         f"({', '.join(_GGUF_ALIASES)})")
+
+
 def _load_plain(path: str, opts: _Load):
     from transformers import AutoModelForCausalLM
 
-    if not Path(path).is_dir() and ("/" not in path or path.startswith((".", "/"))):
-        raise GenftError(f"unknown model {path!r}: not a directory, a Hub id (org/name) or an alias "
-                         f"({', '.join(_GGUF_ALIASES)})")
+    check_model_name(path)
     # A revision names a Hub commit; a local directory has none.
     revision = opts.revision if not Path(path).is_dir() else None
     extra = {k: v for k, v in (("revision", revision),
@@ -344,9 +382,7 @@ def _read_json(path: Path, what: str, required: dict[str, type],
 
 
 def _load_checkpoint(path: Path, opts: _Load) -> LoadedModel:
-    meta = _read_json(path / CHECKPOINT_FILE, "checkpoint metadata",
-                      {"base_model": str, "weights": str},
-                      {"soft_prompts": (dict, {}), "tasks": (list, []), "method": (str, "ft")})
+    meta = _checkpoint_meta(path)
     base, weights = meta["base_model"], meta["weights"]
     if weights not in WEIGHT_KINDS:
         raise GenftError(f"{path / CHECKPOINT_FILE}: corrupt checkpoint metadata: weights "
@@ -363,7 +399,42 @@ def _load_checkpoint(path: Path, opts: _Load) -> LoadedModel:
                for task, rel in meta["soft_prompts"].items()}
     return LoadedModel(model, tokenizer, name=str(path), base_model=base,
                        method=meta["method"], tasks=list(meta["tasks"]),
-                       soft_prompts=prompts)
+                       soft_prompts=prompts, chat_template=_trained_wrapped(meta))
+
+
+def _checkpoint_meta(path: Path) -> dict:
+    return _read_json(path / CHECKPOINT_FILE, "checkpoint metadata",
+                      {"base_model": str, "weights": str},
+                      {"soft_prompts": (dict, {}), "tasks": (list, []), "method": (str, "ft")})
+
+
+def _trained_wrapped(meta: dict) -> bool:
+    """Whether a checkpoint was trained on chat-wrapped prompts (its train_config's model
+    identity says ``chat_template: true``): it is then evaluated on them too."""
+    config = meta.get("train_config")
+    trained_on = config.get("model") if isinstance(config, dict) else None
+    return isinstance(trained_on, dict) and trained_on.get("chat_template") is True
+
+
+def prompt_tokenizer(spec: ModelSpec) -> tuple[object, bool]:
+    """The tokenizer ``spec``'s model reads with, and whether its prompts are chat-wrapped,
+    without loading any weights (``genft prompt`` shows what the model reads). A checkpoint
+    or adapter without its own tokenizer reads with its base model's."""
+    name, chat, path, revision = spec.name, spec.chat_template, Path(spec.name), spec.revision
+    if (path / CHECKPOINT_FILE).is_file():
+        meta = _checkpoint_meta(path)
+        if meta["weights"] != "full":
+            name, revision = meta["base_model"], meta.get("base_revision") or revision
+        chat = chat or _trained_wrapped(meta)
+    elif (path / ADAPTER_CONFIG).is_file():
+        name = _read_json(path / ADAPTER_CONFIG, "PEFT adapter config",
+                          {"base_model_name_or_path": str})["base_model_name_or_path"]
+    tokenizer = load_tokenizer(name, spec.trust_remote_code, revision)
+    if chat:
+        from genft.tasks.prompts import check_chat_template
+
+        check_chat_template(tokenizer, spec.name)
+    return tokenizer, chat
 
 
 def _soft_prompt(file: Path, hidden: int, dtype: torch.dtype) -> torch.Tensor:

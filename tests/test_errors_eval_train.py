@@ -18,6 +18,7 @@ from test_errors_tasks import error_line, make_task
 from test_train_cli import TINY_ARGS
 
 from genft.errors import GenftError
+from genft.experiments.store import Store
 from genft.evaluation import evaluate_cell
 from genft.evaluation.encoding import build_inputs, context_window
 from genft.models import DEFAULT_MODEL, load_model, resolve
@@ -102,7 +103,7 @@ def _agree(fast, ref):
 
 def test_long_query_is_cut_from_the_left_and_counted(gpt2_64, long_cls):
     fast = evaluate_cell(gpt2_64, long_cls, 0, "prompt1", progress=False)
-    ref = evaluate_cell(gpt2_64, long_cls, 0, "prompt1", progress=False, fast_path=False)
+    ref = evaluate_cell(gpt2_64, long_cls, 0, "prompt1", progress=False, backend="reference")
     assert fast.info["truncated"] == ref.info["truncated"] == 1 and fast.n == 4
     _agree(fast, ref)
 
@@ -124,7 +125,7 @@ def test_k_shot_prompts_lose_their_oldest_demos_first(gpt2_64, long_cls):
     """With 3 shots the long demo is in every prompt: all 4 items are cut, each keeps its own
     query, and the shared prefix is found on the cut contexts (fast == reference)."""
     fast = evaluate_cell(gpt2_64, long_cls, 3, "prompt1", progress=False)
-    ref = evaluate_cell(gpt2_64, long_cls, 3, "prompt1", progress=False, fast_path=False)
+    ref = evaluate_cell(gpt2_64, long_cls, 3, "prompt1", progress=False, backend="reference")
     assert fast.info["truncated"] == 4
     _agree(fast, ref)
     cut = build_inputs(long_cls, gpt2_64.tokenizer, 3, "prompt1", window=WINDOW)
@@ -138,7 +139,7 @@ def test_k_shot_prompts_lose_their_oldest_demos_first(gpt2_64, long_cls):
 def test_generation_keeps_room_for_max_new_tokens(gpt2_64, tmp_path):
     task = _gen_task(tmp_path, max_new=8)
     fast = evaluate_cell(gpt2_64, task, 0, "prompt1", progress=False)
-    ref = evaluate_cell(gpt2_64, task, 0, "prompt1", progress=False, fast_path=False)
+    ref = evaluate_cell(gpt2_64, task, 0, "prompt1", progress=False, backend="reference")
     assert fast.info["truncated"] == ref.info["truncated"] == 1
     _agree(fast, ref)
     cut = build_inputs(task, gpt2_64.tokenizer, 0, "prompt1", window=WINDOW)
@@ -197,7 +198,7 @@ def test_eval_refuses_label_words_the_tokenizer_cannot_tell_apart(capsys, tmp_pa
     line = error_line(capsys, "eval", "--model", uncased_model, "--tasks", "mytask", "--include",
                       str(cased_words_task), "--shots", "0", "--out", str(out), "--no-progress")
     assert f"task 'mytask' ({cased_words_task / 'task.yaml'}): {SAME_TOKENS}" in line
-    assert not (out / "results.jsonl").exists()
+    assert not (out / "results.db").exists() or Store(out / "results.db").cell_keys() == set()
 
 
 def test_train_refuses_label_words_the_tokenizer_cannot_tell_apart(capsys, tmp_path, uncased_model,

@@ -34,7 +34,7 @@ def assert_same(fast: CellResult, ref: CellResult) -> None:
 
 def both(loaded, task, shots, fmt, **kw):
     fast = evaluate_cell(loaded, task, shots, fmt, progress=False, **kw)
-    ref = evaluate_cell(loaded, task, shots, fmt, progress=False, fast_path=False, **kw)
+    ref = evaluate_cell(loaded, task, shots, fmt, progress=False, backend="reference", **kw)
     return fast, ref
 
 
@@ -95,7 +95,7 @@ def test_multi_token_labels_share_rows(smol, tmp_path):
     inputs = build_inputs(task, smol.tokenizer, 2, "prompt1")
     conts = inputs.items[0].continuations
     assert len(conts[1]) > 1 and conts[1][: len(conts[0])] == conts[0] and len(conts[2]) > 1
-    rows = item_rows(0, inputs.items[0], inputs.prefix_len, False)
+    rows = item_rows(0, inputs.items[0], inputs.prefix_len)
     assert len(rows) == 2  # " good" is read off the " good enough" row
     assert sorted(len(r.reads) for r in rows) == [1, 2]
 

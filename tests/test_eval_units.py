@@ -7,6 +7,7 @@ import pytest
 from genft.evaluation import metrics
 from genft.evaluation.encoding import CellInputs, Item, build_inputs, shared_prefix_len
 from genft.evaluation.fast import item_rows, plan_batches
+from genft.evaluation.scoring import get_scoring
 
 
 def test_shared_prefix_leaves_one_token_per_context():
@@ -42,12 +43,14 @@ def _item(ctx, conts):
 
 
 def test_rows_merge_when_one_feed_prefixes_another():
-    one_token = item_rows(0, _item([1, 2, 3], [[7], [8], [9]]), 1, False)
+    one_token = item_rows(0, _item([1, 2, 3], [[7], [8], [9]]), 1)
     assert len(one_token) == 1 and one_token[0].tokens == [2, 3]
     assert sorted(r[0] for r in one_token[0].reads) == [0, 1, 2]
-    nested = item_rows(0, _item([1, 2, 3], [[7], [7, 8], [9, 5]]), 1, False)
+    nested = item_rows(0, _item([1, 2, 3], [[7], [7, 8], [9, 5]]), 1)
     assert sorted(map(len, (r.tokens for r in nested))) == [3, 3]  # [2,3,7] carries labels 0 and 1
-    first = item_rows(0, _item([1, 2, 3], [[7, 1], [9, 5]]), 1, True)
+    only_first = get_scoring("first-token").select(CellInputs([_item([1, 2, 3], [[7, 1], [9, 5]])],
+                                                              ["a", "b"], 1))
+    first = item_rows(0, only_first.items[0], 1)
     assert len(first) == 1 and all(len(cont) == 1 for _, _, cont in first[0].reads)
 
 

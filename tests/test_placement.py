@@ -119,7 +119,7 @@ def test_cpu_float32_gives_exactly_todays_scores(tiny_model, tasks, one_thread):
 def test_bfloat16_on_cpu(tiny_model, tasks, one_thread):
     loaded = load_model(tiny_model, dtype="bfloat16")
     assert next(loaded.model.parameters()).dtype == torch.bfloat16
-    fast, ref = _cell(loaded, tasks), _cell(loaded, tasks, fast_path=False)
+    fast, ref = _cell(loaded, tasks), _cell(loaded, tasks, backend="reference")
     assert fast.n == 6 and all(all(map(lambda v: v == v, it["scores"].values())) for it in fast.items)
     agree = sum(a["prediction"] == b["prediction"] for a, b in zip(fast.items, ref.items))
     assert agree >= 5  # bf16 rounding may flip a near tie, no more

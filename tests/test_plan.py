@@ -43,6 +43,10 @@ def test_keys_change_with_what_determines_a_result_and_only_with_that():
     # the classification rule changes classification cells only
     ft = {c.key for c in plan_of(scoring="first-token").cells}
     assert {c.task for c in base.cells if c.key not in ft} == {"tweet_sentiment"}
+    # and generation cells are stored as what they are: greedy decoding, no rule passed on
+    gen = [c for c in plan_of(scoring="first-token").cells if c.type == "generation"]
+    assert gen and {c.scoring for c in gen} == {"greedy"}
+    assert all("scoring" not in c.eval_kwargs(8) for c in gen)
     # a limit changes every cell; the description changes nothing
     assert not {c.key for c in plan_of(limit=10).cells} & keys
     assert {c.key for c in plan_of(description="x", name="other").cells} == keys

@@ -20,6 +20,7 @@ from genft.experiments.runner import Backends
 @dataclass
 class FakeLoaded:
     name: str
+    tokenizer: object = None
 
 
 @dataclass
@@ -43,7 +44,7 @@ def make_backends(sleep: float = 0.0, calls: list | None = None) -> Backends:
     def train_config(**kw):
         return dict(kw)
 
-    def train(cfg, progress=True, resume=False):
+    def train(cfg, progress=True, resume=False, on_progress=None):
         calls.append(("train", cfg["method"], resume))
         out = Path(cfg["out"])
         out.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,8 @@ def make_backends(sleep: float = 0.0, calls: list | None = None) -> Backends:
                 d.mkdir(parents=True, exist_ok=True)
                 (d / "meta.json").write_text(json.dumps({"method": cfg["method"], "step": step,
                                                          "tasks": cfg["tasks"]}))
+            if on_progress:
+                on_progress(step / cfg["steps"])
         final = out / "final"
         final.mkdir(exist_ok=True)
         (final / "meta.json").write_text(json.dumps({"method": cfg["method"], "step": cfg["steps"],
@@ -68,8 +71,8 @@ def make_backends(sleep: float = 0.0, calls: list | None = None) -> Backends:
         meta = Path(ref) / "meta.json"
         return FakeLoaded(meta.read_text() if meta.is_file() else "base")
 
-    def evaluate_cell(loaded, task, shots, fmt, *, sampler, limit, batch_size, seed, scoring,
-                      progress=True):
+    def evaluate_cell(loaded, task, shots, fmt, *, sampler, limit, batch_size, seed, scoring="loglik",
+                      progress=True, backend="fast"):
         calls.append(("eval", task.name, shots, fmt))
         time.sleep(sleep)
         n = limit or 10
@@ -93,7 +96,8 @@ def make_backends(sleep: float = 0.0, calls: list | None = None) -> Backends:
         return {"overall": stats, "by_module": {"q_proj": stats, "down_proj": stats}}
 
     return Backends(load_model=load_model, train=train, train_config=train_config,
-                    param_change=param_change, evaluate_cell=evaluate_cell)
+                    param_change=param_change, evaluate_cell=evaluate_cell,
+                    check_label_words=lambda task, tokenizer, scoring: None)
 
 
 if __name__ == "__main__":

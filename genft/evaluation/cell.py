@@ -1,9 +1,12 @@
 """Evaluating one cell — (task, shots, format) — on a loaded model.
 
-:func:`evaluate_cell` is the public entry point; ``fast=False`` runs the reference
-scorer instead (tests and the benchmark compare the two). Under a multi-process
-launch (torchrun, srun, accelerate launch; see genft.distributed) the planned batches are dealt round-robin to the processes and the
-results gathered, so every process returns the same, complete CellResult.
+:func:`evaluate_cell` is the public entry point. It prepares the cell's inputs once
+(genft.evaluation.encoding), asks a backend (genft.evaluation.backends: ``fast`` by
+default, ``reference`` for checking, or any registered one) for log-likelihoods or greedy
+answers, and reduces log-likelihoods to one score per label with the cell's scoring rule
+(genft.evaluation.scoring). Under a multi-process launch (torchrun, srun, accelerate
+launch; see genft.distributed) the backend deals its work to the processes and gathers
+it, so every process returns the same, complete CellResult.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import torch
 
 from genft import distributed
 from genft.errors import GenftError
-from genft.evaluation import fast, metrics, reference
+from genft.evaluation import metrics
+from genft.evaluation.backends import DEFAULT_BACKEND, get_backend
 from genft.evaluation.batching import auto_batch_size
-from genft.evaluation.encoding import CellInputs, build_inputs, context_window
-from genft.tasks.labels import SCORINGS, check_label_words
+from genft.evaluation.encoding import CellInputs, build_inputs, context_window, continuation_text
+from genft.evaluation.scoring import DEFAULT_SCORING, Scoring, get_scoring
+from genft.tasks.labels import check_label_words
 from genft.tasks.prompts import cut_generation
 from genft.tasks.schema import FORMATS
-
 
 
 @dataclass
@@ -32,7 +36,7 @@ class CellResult:
     shots: int
     format: str
     sampler: str
-    scoring: str  # "loglik" | "first-token" (classification); "greedy" (generation)
+    scoring: str  # a registered Scoring's name (classification); "greedy" (generation)
     metrics: dict[str, float]
     n: int
     seconds: float
@@ -48,61 +52,60 @@ class CellResult:
 
 def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
                   limit: int | None = None, batch_size: int | str = 8, seed: int = 0,
-                  scoring: str = "loglik", progress: bool = True, fast_path: bool = True
-                  ) -> CellResult:
+                  scoring: str | Scoring = DEFAULT_SCORING, progress: bool = True,
+                  backend: str = DEFAULT_BACKEND, fast_path: bool | None = None) -> CellResult:
     """Score every test item of ``task`` with ``shots`` demos in format ``fmt``.
 
-    Classification: the prediction is the label word with the highest log-likelihood
-    (``scoring="loglik"``: sum over the label's tokens) or the highest first-token
-    logit (``"first-token"``, the study's variant). Generation: greedy, at most the
-    task's ``max_new_tokens``, cut at the first blank line.
+    Classification: the prediction is the label word with the highest score under
+    ``scoring`` (a registered name, see genft.evaluation.scoring: ``loglik``, the sum of
+    the label's token log-probs; ``first-token``, the study's variant;
+    ``loglik-per-token``; ``loglik-per-byte``). Generation: greedy, at most the task's
+    ``max_new_tokens``, cut at the first blank line.
 
-    Label words the tokenizer cannot tell apart are refused before any scoring.
+    ``backend``: a registered backend's name (``fast``, ``reference``, ...); it computes,
+    it does not change what is computed, so it is recorded in ``info["backend"]`` only.
+    ``fast_path=False`` is the older spelling of ``backend="reference"``.
+
+    Label words the scoring rule cannot tell apart are refused before any scoring.
     Contexts longer than the model's window are cut from the left (the answer's
     room kept); ``info["truncated"]`` counts the items that were.
     """
     if fmt not in FORMATS:
         raise GenftError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if scoring not in SCORINGS:
-        raise GenftError(f"unknown scoring {scoring!r}; choose from {', '.join(SCORINGS)}")
+    rule = get_scoring(scoring)
+    if fast_path is not None:
+        backend = DEFAULT_BACKEND if fast_path else "reference"
+    engine = get_backend(backend)(loaded)
     if shots < 0:
         raise GenftError(f"shots must be >= 0 (got {shots})")
     start = time.perf_counter()
     model, tokenizer = loaded.model, loaded.tokenizer
-    check_label_words(task, tokenizer, scoring)
+    check_label_words(task, tokenizer, rule, loaded.chat_template)
     soft = loaded.soft_prompt_for(task.name)
     inputs = build_inputs(task, tokenizer, shots, fmt, sampler, limit, seed,
-                          window=context_window(model, soft))
+                          window=context_window(model, soft), chat_template=loaded.chat_template)
     classify = task.type == "classification"
-    first_token = classify and scoring == "first-token"
     size = _batch_size(batch_size, model, inputs, task, soft)
+    scored = rule.select(inputs) if classify else inputs
 
-    if fast_path:
-        def run_fast(size: int):
-            batches = fast.plan_batches(inputs, size, task.type, first_token)
-            rank, world = distributed.rank(), distributed.world_size()
-            mine = batches[rank::world]
-            distributed.note("eval", task=task.name, batches=len(mine), of=len(batches))
-            bar = _bar(progress and rank == 0, len(inputs.items), f"{task.name} {shots}-shot {fmt}")
-            on_items = (lambda n: bar.update(n * world)) if bar else (lambda n: None)
-            try:
-                prefix = fast.PrefixCache(model, inputs.items[0].context[: inputs.prefix_len]
-                                          if inputs.items else [], soft)
-                if classify:
-                    raw = fast.score_batches(model, tokenizer, inputs, mine, prefix, on_items)
-                else:
-                    raw = fast.generate_batches(model, tokenizer, mine, prefix,
-                                                task.spec.max_new_tokens, on_items)
-            finally:
-                if bar:
-                    bar.close()
-            return size, {i: r for part in distributed.gather_objects(raw) for i, r in part.items()}
+    def run(size: int):
+        bar = _bar(progress and distributed.is_main(), len(inputs.items),
+                   f"{task.name} {shots}-shot {fmt}")
+        try:
+            if classify:
+                raw = engine.loglikelihood(scored, soft_prompt=soft, batch_size=size,
+                                           progress=bar.update if bar else None)
+            else:
+                raw = engine.generate_until(inputs, task.spec.max_new_tokens, soft_prompt=soft,
+                                            batch_size=size, progress=bar.update if bar else None)
+        finally:
+            if bar:
+                bar.close()
+        return size, raw
 
-        size, raw = (_backing_off(run_fast, size) if batch_size == "auto" else run_fast(size))
-    else:
-        raw = _reference(model, tokenizer, inputs, task, soft, first_token, progress)
+    size, raw = _backing_off(run, size) if batch_size == "auto" else run(size)
 
-    items = [_item_record(inputs, i, raw[i], tokenizer, classify) for i in range(len(inputs.items))]
+    items = [_item_record(scored, i, raw[i], rule, classify) for i in range(len(inputs.items))]
     names = list(dict.fromkeys(metrics.DEFAULTS[task.type] + list(task.spec.metrics)))
     predictions, golds = [it["prediction"] for it in items], [it["gold"] for it in items]
     refs = [it.references for it in inputs.items]
@@ -114,10 +117,12 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
                 it.setdefault("scores", {})[name] = score
     return CellResult(
         task=task.name, family=task.family, type=task.type, shots=shots, format=fmt,
-        sampler=sampler, scoring=scoring if classify else "greedy", metrics=values, n=len(items),
-        seconds=round(time.perf_counter() - start, 3), items=items, model=loaded.name,
-        info={"seed": seed, "limit": limit, "batch_size": size, "fast_path": fast_path,
+        sampler=sampler, scoring=rule.name if classify else "greedy", metrics=values,
+        n=len(items), seconds=round(time.perf_counter() - start, 3), items=items,
+        model=loaded.name,
+        info={"seed": seed, "limit": limit, "batch_size": size, "backend": engine.name,
               "soft_prompt": soft is not None, "prefix_tokens": inputs.prefix_len,
+              **({"chat_template": True} if loaded.chat_template else {}),
               "truncated": inputs.n_truncated, "se": errors,
               "data_hash": task.data_hash, "method": loaded.method,
               "base_model": loaded.base_model, "dtype": str(model.dtype).removeprefix("torch."),
@@ -125,32 +130,20 @@ def evaluate_cell(loaded, task, shots: int, fmt: str, *, sampler: str = "first",
     )
 
 
-def _item_record(inputs: CellInputs, i: int, raw, tokenizer, classify: bool) -> dict:
+def _item_record(inputs: CellInputs, i: int, raw, rule: Scoring, classify: bool) -> dict:
+    """``raw``: the label continuations' summed log-probs (classification; ``inputs`` holds the
+    scored tokens) or the generated text."""
     item = inputs.items[i]
     record = {"id": item.id, "prompt_hash": item.prompt_hash}
     if classify:
-        best = max(range(len(raw)), key=lambda j: raw[j])  # ties: the first label
+        scores = [rule.reduce(logprob, tokens, continuation_text(item.prompt, label))
+                  for logprob, tokens, label in zip(raw, item.continuations, inputs.labels)]
+        best = max(range(len(scores)), key=lambda j: scores[j])  # ties: the first label
         record.update(prediction=inputs.labels[best], gold=item.gold,
-                      scores=dict(zip(inputs.labels, raw)))
+                      scores=dict(zip(inputs.labels, scores)))
     else:
-        record.update(prediction=cut_generation(tokenizer.decode(raw, skip_special_tokens=True)),
-                      gold=item.gold)
+        record.update(prediction=cut_generation(raw), gold=item.gold)
     return record
-
-
-def _reference(model, tokenizer, inputs, task, soft, first_token, progress) -> dict[int, object]:
-    bar = _bar(progress, len(inputs.items), f"{task.name} (reference)")
-    out = {}
-    for i, item in enumerate(inputs.items):
-        if task.type == "classification":
-            out[i] = reference.score_item(model, item, soft, first_token)
-        else:
-            out[i] = reference.generate_item(model, tokenizer, item, soft, task.spec.max_new_tokens)
-        if bar:
-            bar.update(1)
-    if bar:
-        bar.close()
-    return out
 
 
 def _batch_size(batch_size, model, inputs: CellInputs, task, soft) -> int:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from genft.errors import GenftError
 from genft.tasks.demos import make_sampler
-from genft.tasks.prompts import separator
+from genft.tasks.prompts import model_prompt, separator
 
 
 @dataclass
@@ -68,26 +68,36 @@ class CellInputs:
 
 
 def build_inputs(task, tokenizer, shots: int, fmt: str, sampler: str = "first",
-                 limit: int | None = None, seed: int = 0, window: int | None = None) -> CellInputs:
+                 limit: int | None = None, seed: int = 0, window: int | None = None,
+                 chat_template: bool = False) -> CellInputs:
     """Render, tokenize and find the shared token prefix of one (task, shots, format) cell.
 
     ``window``: the positions a context plus its answer may take (see
     :func:`context_window`); longer contexts are cut from the left. None: no limit.
+    ``chat_template``: each prompt is wrapped as the model reads it (:func:`model_prompt`).
     """
     tests = task.records("test")
     if limit is not None:
         tests = tests[:limit]
     chooser = make_sampler(sampler, task.records("fewshot"), shots, task.labels, seed)
-    prompts = [task.prompt(q, chooser.demos(q, i), fmt) for i, q in enumerate(tests)]
+    prompts = [model_prompt(tokenizer, task.prompt(q, chooser.demos(q, i), fmt), chat_template)
+               for i, q in enumerate(tests)]
     contexts = _tokenize(tokenizer, prompts)
     items = []
     for q, prompt, ctx in zip(tests, prompts, contexts):
-        conts = [_continuation(tokenizer, prompt, ctx, separator(prompt) + w) for w in task.labels]
+        conts = [_continuation(tokenizer, prompt, ctx, continuation_text(prompt, w))
+                 for w in task.labels]
         items.append(Item(q["id"], prompt, q["output"], ctx, conts,
                           references=q.get("references")))
     if window is not None:
         _truncate(items, window, task, tokenizer)
     return CellInputs(items, list(task.labels), shared_prefix_len([it.context for it in items]))
+
+
+def continuation_text(prompt: str, label: str) -> str:
+    """The text a label is scored as after ``prompt``: separator + label word (per-byte
+    scoring divides by its UTF-8 length)."""
+    return separator(prompt) + label
 
 
 def shared_prefix_len(contexts: list[list[int]]) -> int:

@@ -15,6 +15,8 @@ the same for 2 rows as for 8).
 
 Batches are planned up front (:func:`plan_batches`) so that a run split over
 several processes computes exactly the batches a single process would.
+:class:`FastBackend` is this module as the ``fast`` evaluation backend (the default; see
+genft.evaluation.backends, which deals the batches to processes).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from genft.evaluation.backends import Backend
 from genft.evaluation.encoding import CellInputs, Item
 from genft.evaluation.model_io import embed, generation_done
 
@@ -36,11 +39,11 @@ class Row:
     reads: list[tuple[int, int, list[int]]]  # (label index, feed position predicting cont[0], cont)
 
 
-def item_rows(index: int, item: Item, prefix_len: int, first_token: bool) -> list[Row]:
+def item_rows(index: int, item: Item, prefix_len: int) -> list[Row]:
     """The rows that score all labels of one item; labels whose feed is a prefix of another share it."""
     suffix = item.context[prefix_len:]
     start = len(suffix) - 1
-    conts = [c[:1] if first_token else c for c in item.continuations]
+    conts = item.continuations
     rows: list[Row] = []
     for label in sorted(range(len(conts)), key=lambda i: -len(conts[i])):
         feed = suffix + conts[label][:-1]
@@ -52,12 +55,11 @@ def item_rows(index: int, item: Item, prefix_len: int, first_token: bool) -> lis
     return rows
 
 
-def plan_batches(inputs: CellInputs, batch_size: int, kind: str, first_token: bool = False
-                 ) -> list[list[Row]]:
+def plan_batches(inputs: CellInputs, batch_size: int, kind: str) -> list[list[Row]]:
     """Rows sorted longest first (little padding), cut into batches of at most batch_size rows;
-    an item's rows stay in one batch."""
+    an item's rows stay in one batch. ``kind``: "classification" or "generation"."""
     per_item = [
-        item_rows(i, it, inputs.prefix_len, first_token) if kind == "classification"
+        item_rows(i, it, inputs.prefix_len) if kind == "classification"
         else [Row(i, it.context[inputs.prefix_len:], [])]
         for i, it in enumerate(inputs.items)
     ]
@@ -274,3 +276,27 @@ def generate_batches(model, tokenizer, batches: list[list[Row]], prefix: PrefixC
                        past_key_values=running.cache, use_cache=True).logits[:, -1]
         running = advance(running, logits)
     return out
+
+
+class FastBackend(Backend):
+    """The prefix-cached, batched HF backend (``--backend fast``, the default)."""
+
+    name = "fast"
+    description = "prefix KV cache shared by a cell's prompts, batched rows (HF transformers)"
+
+    def plan(self, inputs: CellInputs, request: str, batch_size: int) -> list[list[Row]]:
+        kind = "classification" if request == "loglikelihood" else "generation"
+        return plan_batches(inputs, batch_size, kind)
+
+    def _prefix(self, inputs: CellInputs, soft_prompt) -> PrefixCache:
+        shared = inputs.items[0].context[: inputs.prefix_len] if inputs.items else []
+        return PrefixCache(self.model, shared, soft_prompt)
+
+    def score_units(self, inputs, units, soft_prompt, on_items):
+        return score_batches(self.model, self.tokenizer, inputs, units,
+                             self._prefix(inputs, soft_prompt), on_items)
+
+    def generate_units(self, inputs, units, max_new_tokens, soft_prompt, on_items):
+        tokens = generate_batches(self.model, self.tokenizer, units,
+                                  self._prefix(inputs, soft_prompt), max_new_tokens, on_items)
+        return {i: self.tokenizer.decode(t, skip_special_tokens=True) for i, t in tokens.items()}

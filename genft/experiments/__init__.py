@@ -1,5 +1,6 @@
 """The generalization grid: config -> plan (jobs + cells, keyed by hash) -> runner -> store.
 
-Modules: config (the YAML schema), plan (expansion and keys), store (SQLite),
-runner (`genft run`), results (the tidy table), cli. The notebook API is genft.api.
+Modules: config (the YAML schema; `genft eval`'s EvalConfig), plan (expansion and keys;
+`genft eval`'s one-model plan), store (SQLite), runner (`genft run` and `genft eval`),
+results (the tidy and per-item tables), cli. The notebook API is genft.api.
 """

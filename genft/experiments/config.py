@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Optional
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model,
                       field_validator, model_serializer, model_validator)
 
-from genft.errors import GenftError, short
+from genft.errors import GenftError, did_you_mean, short
+from genft.evaluation.backends import DEFAULT_BACKEND, backend_names
+from genft.evaluation.scoring import DEFAULT_SCORING, scoring_names
 from genft.models import DEFAULT_MODEL, ModelSpec
 from genft.tasks.demos import SAMPLERS
 from genft.tasks.schema import FORMATS
@@ -33,6 +35,29 @@ Format = Literal["prompt1", "prompt2"]
 
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # no '/', no '.' or '..', no hidden file
+
+
+def _known_sampler(name: str) -> str:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    return name
+
+
+def _known(kind: str, names):
+    """A validator for a registered name (read from its registry when a config is validated, so
+    a scoring rule or backend a test registers is accepted)."""
+    def check(name: str) -> str:
+        if name not in names():
+            raise ValueError(f"unknown {kind} {name!r}{did_you_mean(name, names())}; "
+                             f"choose from {', '.join(names())}")
+        return name
+    return AfterValidator(check)
+
+
+# Evaluation settings shared by `genft run` (ExperimentConfig) and `genft eval` (EvalConfig).
+Sampler = Annotated[str, AfterValidator(_known_sampler)]
+ScoringName = Annotated[str, _known("scoring", scoring_names)]
+BackendName = Annotated[str, _known("backend", backend_names)]
 
 
 class _Strict(BaseModel):
@@ -219,8 +244,8 @@ class Resources(_Strict):
     max_retries: int = Field(3, ge=0, description="times Ray reruns a task whose worker died")
 
 
-# where the work runs, not what it computes: left out of the config hash
-EXECUTION_KEYS = {"executor", "ray_address", "resources"}
+# where and how the work runs, not what it computes: left out of the config hash
+EXECUTION_KEYS = {"executor", "ray_address", "resources", "backend"}
 
 
 class ExperimentConfig(_Strict):
@@ -240,8 +265,11 @@ class ExperimentConfig(_Strict):
     shots: list[int] | dict[str, list[int]] | None = None
     formats: list[Format] = Field(["prompt1"], min_length=1)
     limit: int | dict[str, int] | None = None
-    sampler: str = "first"
-    scoring: Literal["loglik", "first-token"] = "loglik"
+    sampler: Sampler = "first"
+    scoring: ScoringName = Field(DEFAULT_SCORING,
+                                 description="classification rule: a registered scoring")
+    backend: BackendName = Field(DEFAULT_BACKEND,
+                                 description="what computes the scores (not in any key)")
     eval_seed: int = 0
     eval_batch_size: int = Field(8, gt=0)
     checkpoints: Checkpoints | None = None
@@ -288,13 +316,6 @@ class ExperimentConfig(_Strict):
             raise ValueError("limit must be at least 1 (null for every test item)")
         return limit
 
-    @field_validator("sampler")
-    @classmethod
-    def _sampler(cls, name: str) -> str:
-        if name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-        return name
-
     @field_validator("shots")
     @classmethod
     def _shots(cls, shots):
@@ -321,6 +342,24 @@ class ExperimentConfig(_Strict):
 
     def method_name(self, name: str) -> str:
         return self.methods[name].method or name
+
+
+class EvalConfig(_Strict):
+    """`genft eval`: one model over tasks × shots × formats. Its keys are named as in
+    ExperimentConfig, so the planner builds its cells (and their keys) as it builds the base
+    model's cells of an experiment: the same model and settings share cells across both."""
+
+    model: ModelSpec = ModelSpec(name=DEFAULT_MODEL)
+    tasks: list[str] = Field(min_length=1, description="task names and/or family:NAME")
+    include: list[str] = Field([], description="extra task folders, relative to the cwd")
+    shots: list[int] | None = Field(None, description="default: each task's own list")
+    formats: list[Format] = Field(["prompt1"], min_length=1)
+    limit: int | None = Field(None, ge=1)
+    sampler: Sampler = "first"
+    scoring: ScoringName = DEFAULT_SCORING
+    backend: BackendName = DEFAULT_BACKEND
+    eval_seed: int = 0
+    eval_batch_size: int | Literal["auto"] = 8
 
 
 def load_config(path: str | Path, overrides: Sequence[str | Override] = ()) -> ExperimentConfig:
@@ -428,6 +467,6 @@ def _fails_alike(data: dict, err: dict) -> bool:
     return False
 
 
-__all__ = ["ExperimentConfig", "Resources", "TaskResources", "EXECUTION_KEYS", "Training",
-           "MethodSpec", "Checkpoints", "load_config", "parse_config", "Override", "training_keys",
-           "FORMATS"]
+__all__ = ["ExperimentConfig", "EvalConfig", "Resources", "TaskResources", "EXECUTION_KEYS",
+           "Training", "MethodSpec", "Checkpoints", "load_config", "parse_config", "Override",
+           "training_keys", "FORMATS"]

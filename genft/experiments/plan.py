@@ -22,7 +22,8 @@ from pathlib import Path
 
 from genft.errors import GenftError
 from genft.evaluation import SCORING_VERSION
-from genft.experiments.config import ExperimentConfig
+from genft.experiments.config import EvalConfig, ExperimentConfig
+from genft.models import prompt_tokenizer
 from genft.tasks.registry import TaskRegistry, registry
 from genft.tasks.task import Task
 from genft.training.config import TrainConfig
@@ -72,19 +73,21 @@ class Cell:
     shots: int
     format: str
     sampler: str
-    scoring: str
+    scoring: str  # the classification rule's name; "greedy" for generation (as the key has it)
     limit: int | None
     seed: int
     data_hash: str = ""  # the test task's data hash (part of the key; kept as provenance)
 
     def eval_kwargs(self, batch_size: int) -> dict:
-        return dict(sampler=self.sampler, limit=self.limit, batch_size=batch_size, seed=self.seed,
-                    scoring=self.scoring)
+        kwargs = dict(sampler=self.sampler, limit=self.limit, batch_size=batch_size, seed=self.seed)
+        if self.type == "classification":  # generation decodes greedily: no scoring rule
+            kwargs["scoring"] = self.scoring
+        return kwargs
 
 
 @dataclass
 class Plan:
-    config: ExperimentConfig
+    config: ExperimentConfig | EvalConfig  # EvalConfig: `genft eval`'s one-model plan
     registry: TaskRegistry
     base: ModelRef
     jobs: list[TrainJob]
@@ -112,16 +115,13 @@ def build_plan(cfg: ExperimentConfig, config_dir: Path = Path("."), world_size: 
             raise GenftError(f"train task {t.name!r} has no train split ({t.path})")
     tests = select_tests(cfg, reg, train_tasks)
     jobs = expand_jobs(cfg, train_tasks, include, world_size)
-    base = ModelRef(stable_hash({"base": cfg.model.identity()}), "base")
+    base = base_model(cfg)
     precision = eval_precision(cfg)
 
     cells: dict[str, Cell] = {}
     ck_tests = _checkpoint_tests(cfg, reg, tests)
     for model in [base, *(ModelRef(j.key, j.label, j) for j in jobs)]:
-        for task in tests:
-            for k in shots_for(cfg, task):
-                for fmt in cfg.formats:
-                    _add(cells, cfg, model, task, k, fmt, precision)
+        _add_model_cells(cells, cfg, model, tests, precision)
         for task, ks, fmts in ck_tests:  # base and final models are the curve's end points
             for k in ks:
                 for fmt in fmts:
@@ -136,7 +136,42 @@ def build_plan(cfg: ExperimentConfig, config_dir: Path = Path("."), world_size: 
     return Plan(cfg, reg, base, jobs, tests, list(cells.values()), include)
 
 
-def eval_precision(cfg: ExperimentConfig) -> dict:
+def build_eval_plan(cfg: EvalConfig, cwd: Path = Path(".")) -> Plan:
+    """`genft eval`'s plan: one model (the base model, no training) over ``cfg.tasks`` × shots ×
+    formats, its cells built as build_plan builds the base model's, so they carry the keys a
+    `genft run` of the same model and settings gives them. A shot count beyond a task's
+    few-shot pool is refused here, before any model is loaded."""
+    include = tuple(str((cwd / p).resolve()) for p in cfg.include)
+    reg = registry(include)
+    tests = reg.select(cfg.tasks)
+    for task in tests:
+        pool = len(task.records("fewshot"))
+        for k in shots_for(cfg, task):
+            if k < 0:
+                raise GenftError(f"--shots: {k} is negative")
+            if k > pool:
+                raise GenftError(f"--shots {k}: task {task.name!r} has only {pool} few-shot "
+                                 f"examples to draw demos from")
+    base = base_model(cfg)
+    cells: dict[str, Cell] = {}
+    _add_model_cells(cells, cfg, base, tests, eval_precision(cfg))
+    return Plan(cfg, reg, base, [], tests, list(cells.values()), include)
+
+
+def base_model(cfg: ExperimentConfig | EvalConfig) -> ModelRef:
+    """The untrained model (the reference row), keyed by its identity (name and revision)."""
+    return ModelRef(stable_hash({"base": cfg.model.identity()}), "base")
+
+
+def _add_model_cells(cells: dict, cfg: ExperimentConfig | EvalConfig, model: ModelRef,
+                     tests: list[Task], precision: dict) -> None:
+    for task in tests:
+        for k in shots_for(cfg, task):
+            for fmt in cfg.formats:
+                _add(cells, cfg, model, task, k, fmt, precision)
+
+
+def eval_precision(cfg: ExperimentConfig | EvalConfig) -> dict:
     """The dtype models are evaluated in, as part of every cell key, once it is not float32
     (``dtype: auto`` is bfloat16 on a GPU: a CPU run's float32 cells are not reused there).
     Empty for float32, so keys from before dtypes existed still hold."""
@@ -147,22 +182,24 @@ def eval_precision(cfg: ExperimentConfig) -> dict:
     return {} if name == "float32" else {"dtype": name}
 
 
-def _add(cells: dict, cfg: ExperimentConfig, model: ModelRef, task: Task, k: int, fmt: str,
-         precision: dict) -> None:
+def _add(cells: dict, cfg: ExperimentConfig | EvalConfig, model: ModelRef, task: Task, k: int,
+         fmt: str, precision: dict) -> None:
     limit = limit_for(cfg, task)
     scoring = cfg.scoring if task.type == "classification" else "greedy"  # generation ignores it
     key = stable_hash({"model": model.key, "task": task.name, "data": task.data_hash, "shots": k,
                        "format": fmt, "sampler": cfg.sampler, "scoring": scoring, "limit": limit,
                        "seed": cfg.eval_seed, "scoring_version": SCORING_VERSION, **precision})
     cells.setdefault(key, Cell(key, model, task.name, task.family, task.type, k, fmt, cfg.sampler,
-                               cfg.scoring, limit, cfg.eval_seed, task.data_hash))
+                               scoring, limit, cfg.eval_seed, task.data_hash))
 
 
 def validate_plan(plan: Plan) -> None:
     """Refuse, before any work, what would otherwise fail midway through a run: a shot count
     beyond a test set's few-shot pool, a train size beyond a training pool, more FTICL or
-    ProMoT demos per input than the training pool holds. Reads every task's records (the run
-    reads them anyway)."""
+    ProMoT demos per input than the training pool holds, ``chat_template`` on for a tokenizer
+    without one. Reads every task's records (the run reads them anyway)."""
+    if plan.config.model.chat_template:
+        prompt_tokenizer(plan.config.model)  # the tokenizer alone: one GenftError line if none
     for task_name, k in sorted({(c.task, c.shots) for c in plan.cells}):
         task = plan.registry.get(task_name)
         pool = len(task.records("fewshot")) if k > 0 else 0
@@ -338,16 +375,23 @@ def intermediate_steps(cfg: ExperimentConfig, job: TrainJob) -> list[int]:
 
 def estimate_tokens(plan: Plan) -> dict[str, int]:
     """Rough token counts (≈ 4 characters a token) of training and evaluation."""
+    cells, jobs = token_estimates(plan)
+    return {"training": int(sum(jobs.values())), "evaluation": int(sum(cells.values()))}
+
+
+def token_estimates(plan: Plan) -> tuple[dict[str, int], dict[str, int]]:
+    """Rough tokens to process per cell and per training job, by key (the dry run's totals;
+    `genft run`'s progress bar weighs its work by them)."""
     per_record = {t.name: _record_tokens(t) for t in plan.tests}
-    evaluation = 0
+    cells = {}
     for c in plan.cells:
         task = plan.registry.get(c.task)
         n = c.limit or _test_size(task)
         if c.limit and _test_size(task):
             n = min(n, _test_size(task))
         answer = task.spec.max_new_tokens if task.type == "generation" else len(task.labels)
-        evaluation += n * (per_record[c.task] * (c.shots + 1) + answer)
-    training = 0
+        cells[c.key] = n * (per_record[c.task] * (c.shots + 1) + answer)
+    jobs = {}
     for job in plan.jobs:
         group = [plan.registry.get(n) for n in job.tasks]
         rec = sum(_record_tokens(t) for t in group) / len(group)
@@ -357,8 +401,8 @@ def estimate_tokens(plan: Plan) -> dict[str, int]:
         length = min(rec * (1 + demos), s.get("max_length", 512))
         stages = len(method.stages(TrainConfig(**s, out=""), group))
         per_step = s.get("batch_size", 8) * s.get("grad_accum", 1)
-        training += int((job.total_steps or 0) * per_step * length * stages)
-    return {"training": int(training), "evaluation": int(evaluation)}
+        jobs[job.key] = int((job.total_steps or 0) * per_step * length * stages)
+    return cells, jobs
 
 
 def _test_size(task: Task) -> int | None:

@@ -1,4 +1,5 @@
-"""The tidy results table: one row per (cell, metric), ready for pandas.
+"""The tidy results table: one row per (cell, metric), ready for pandas (and the per-item
+table, one row per (cell, test item): :func:`load_items`).
 
 Besides the metrics the evaluator stored, every generation cell gets two derived
 ones computed from its per-item predictions:
@@ -117,17 +118,15 @@ COLUMNS = ["cell_key", "model_key", "model", "method", "train_tasks", "train_siz
            "data_hash", "config_hash", "metric", "value", "se", "primary", "normalized"]
 
 
-def _table(store: Store, all_cells: bool = False) -> pd.DataFrame:
+def _cells(store: Store, all_cells: bool = False):
+    """Each stored cell of the latest run's plan (every cell with ``all_cells``), as
+    (cell row, its coordinate columns, its task's description, its checkpoint row or None)."""
     runs = store.runs()
     planned = next((set(r["planned"]) for r in reversed(runs) if r["planned"]), None)
     tasks: dict[str, dict] = {}
     for r in runs:  # later runs' descriptions win
         tasks.update(r["meta"].get("tasks", {}))
-    mode = runs[-1]["config"].get("normalize", "chance") if runs else "chance"
     ckpts = {c["key"]: c for c in store.checkpoints()}
-    all_words = sorted({w for c in ckpts.values() for w in c["answer_words"]})
-    preds = store.predictions()
-    rows = []
     for cell in store.cells():
         if planned is not None and not all_cells and cell["key"] not in planned:
             continue  # from an earlier version of the config (or of the data)
@@ -150,10 +149,26 @@ def _table(store: Store, all_cells: bool = False) -> pd.DataFrame:
             "data_hash": prov.get("data_hash") or prov.get("info", {}).get("data_hash"),
             "config_hash": prov.get("config_hash"),
         }
-        primary = (task.get("metrics") or [None])[0]
+        yield cell, base, task, ck
+
+
+def _primary(cell: dict, task: dict) -> str | None:
+    """The cell's primary metric: its task's first, else the first the cell stored."""
+    primary = (task.get("metrics") or [None])[0]
+    metrics = [k for k, v in cell["metrics"].items() if isinstance(v, (int, float))]
+    return primary if primary in metrics or not metrics else metrics[0]
+
+
+def _table(store: Store, all_cells: bool = False) -> pd.DataFrame:
+    runs = store.runs()
+    mode = runs[-1]["config"].get("normalize", "chance") if runs else "chance"
+    all_words = sorted({w for c in store.checkpoints() for w in c["answer_words"]})
+    preds = store.predictions()
+    rows = []
+    for cell, base, task, ck in _cells(store, all_cells):
+        prov = cell["provenance"]
+        primary = _primary(cell, task)
         metrics = {k: v for k, v in cell["metrics"].items() if isinstance(v, (int, float))}
-        if primary not in metrics and metrics:
-            primary = next(iter(metrics))
         errors = dict(prov.get("info", {}).get("se") or {})
         if cell["type"] == "generation":
             p = preds.get(cell["key"], [])
@@ -173,22 +188,59 @@ def _table(store: Store, all_cells: bool = False) -> pd.DataFrame:
             normalized = normalized_score(value, metric, task, mode) if is_primary else None
             rows.append({**base, "metric": metric, "value": float(value), "se": se,
                          "primary": is_primary, "normalized": normalized})
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    return _with_int_columns(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def _with_int_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Nullable integers (a base model has no train size), not floats."""
     for col in ("train_size", "train_seed", "step", "limit", "truncated"):
         df[col] = df[col].astype("Int64")
     return df
 
 
+def item_score(item: dict, metric: str) -> float | None:
+    """One stored item's score on ``metric``: correctness for accuracy (classification), else
+    the per-item score the evaluator stored (best match over references), else None."""
+    if metric == "accuracy":
+        return float(item["prediction"] == item["gold"])
+    if isinstance(item["scores"], dict) and metric in item["scores"]:
+        return float(item["scores"][metric])
+    return None
+
+
 def item_scores(store: Store, cell_key: str, metric: str) -> dict[str, float]:
-    """One cell's per-item scores by item id: correctness for accuracy (classification),
-    else the per-item score the evaluator stored (best match over references)."""
-    out = {}
-    for it in store.items(cell_key):
-        if metric == "accuracy":
-            out[it["item_id"]] = float(it["prediction"] == it["gold"])
-        elif isinstance(it["scores"], dict) and metric in it["scores"]:
-            out[it["item_id"]] = float(it["scores"][metric])
-    return out
+    """One cell's per-item scores by item id (the items :func:`item_score` can score)."""
+    scores = {it["item_id"]: item_score(it, metric) for it in store.items(cell_key)}
+    return {k: v for k, v in scores.items() if v is not None}
+
+
+ITEM_COLUMNS = [*COLUMNS[:COLUMNS.index("metric")], "item_index", "item_id", "prompt_hash",
+                "prediction", "gold", "metric", "score", "scores"]
+
+
+def load_items(out: str | Path, all_cells: bool = False) -> pd.DataFrame:
+    """Per-item predictions: one row per (cell, item), with the cell's coordinates (as in the
+    tidy table), the item's id, prompt hash, prediction and gold answer, ``score`` (its score
+    on the cell's primary ``metric`` where one is stored: correctness for accuracy, the
+    evaluator's per-item score otherwise) and ``scores`` (what the evaluator stored per item,
+    as JSON: label log-probabilities for classification, per-metric scores for generation)."""
+    store = Store.open_existing(out)
+    try:
+        rows = []
+        for cell, base, task, _ in _cells(store, all_cells):
+            metric = _primary(cell, task)
+            for it in store.items(cell["key"]):
+                rows.append({**base, "item_index": it["idx"], "item_id": it["item_id"],
+                             "prompt_hash": it["prompt_hash"], "prediction": it["prediction"],
+                             "gold": it["gold"], "metric": metric,
+                             "score": item_score(it, metric) if metric else None,
+                             "scores": json.dumps(it["scores"]) if it["scores"] is not None
+                             else None})
+    finally:
+        store.close()
+    df = _with_int_columns(pd.DataFrame(rows, columns=ITEM_COLUMNS))
+    df["score"] = df["score"].astype("float64")
+    return df
 
 
 def paired_comparison(out: str | Path | Store, cell_a: str, cell_b: str, metric: str, *,
@@ -210,12 +262,13 @@ def paired_comparison(out: str | Path | Store, cell_a: str, cell_b: str, metric:
 
 
 def export_results(out: str | Path, dest: str | Path | None = None, *, to: str | None = None,
-                   all_cells: bool = False) -> Path | None:
-    """Write the tidy results of ``out`` to ``dest`` (default OUT/results.csv; ``"-"``:
-    standard output, returning None) as ``to`` (csv, json, parquet; default: ``dest``'s
-    suffix, else csv). Returns the file written."""
+                   all_cells: bool = False, items: bool = False) -> Path | None:
+    """Write the tidy results of ``out`` (with ``items``: the per-item predictions,
+    :func:`load_items`) to ``dest`` (default OUT/results.csv, OUT/items.csv with ``items``;
+    ``"-"``: standard output, returning None) as ``to`` (csv, json, parquet; default:
+    ``dest``'s suffix, else csv). Returns the file written."""
     fmt = to or _file_type(dest)
-    df = load_results(out, all_cells)
+    df = load_items(out, all_cells) if items else load_results(out, all_cells)
     if str(dest) == "-":
         if fmt == "parquet":
             sys.stdout.flush()
@@ -225,7 +278,7 @@ def export_results(out: str | Path, dest: str | Path | None = None, *, to: str |
             sys.stdout.write(_table_text(df, fmt))
             sys.stdout.flush()
         return None
-    dest = Path(dest) if dest else Path(out) / f"results.{fmt}"
+    dest = Path(dest) if dest else Path(out) / f"{'items' if items else 'results'}.{fmt}"
     try:
         if fmt == "parquet":
             df.to_parquet(dest, index=False)

@@ -1,5 +1,6 @@
-"""`genft run`: execute a plan — train what is missing, evaluate what is missing (the report
-is written by the caller: genft.api.run composes run + report).
+"""`genft run` and `genft eval`: execute a plan — train what is missing, evaluate what is
+missing (the report is written by the caller: genft.api.run composes run + report;
+`genft eval`'s plan is one model and no training, genft.api.evaluate_tasks).
 
 Order: the base model's cells first (the reference row), then for each training
 job: train (or find its checkpoint in the store), evaluate its final model, then
@@ -21,13 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from tqdm.auto import tqdm
-
 from genft import distributed
 from genft._version import __version__
 from genft.errors import GenftError, check_writable_dir, disk_full_is_one_line
 from genft.experiments.config import EXECUTION_KEYS, ExperimentConfig, parse_config
 from genft.experiments.executors import Unit, make_executor
+from genft.experiments.progress import RunProgress
 from genft.experiments.plan import (Cell, ModelRef, Plan, TrainJob, build_plan, describe,
                                     stable_hash, validate_plan)
 from genft.experiments.store import DB_FILE, OutputLock, Store
@@ -53,6 +53,8 @@ class Backends:
     train_config: Callable = field(default_factory=lambda: _real("genft.training", "TrainConfig"))
     param_change: Callable = field(default_factory=lambda: _real("genft.training", "param_change"))
     evaluate_cell: Callable = field(default_factory=lambda: _real("genft.evaluation", "evaluate_cell"))
+    check_label_words: Callable = field(
+        default_factory=lambda: _real("genft.tasks.labels", "check_label_words"))
 
 
 @dataclass
@@ -100,10 +102,20 @@ def run_experiment(config, out: str | Path | None = None, *, dry_run: bool = Fal
     validate_plan(plan)  # every shot count and pool size, before the first cell
     where = make_executor(executor or ("ray" if ray_address else cfg.executor),
                           ray_address or cfg.ray_address, cfg.resources)
+    return run_plan(plan, out, where, backends=backends, progress=progress, echo=echo)
+
+
+def run_plan(plan: Plan, out: str | Path, executor=None, *, backends: Backends | None = None,
+             progress: bool = True, echo: Callable[[str], None] = print,
+             cell_lines: bool = False) -> RunOutcome:
+    """Execute a validated plan into ``out`` (`genft run`'s grid, or `genft eval`'s one-model
+    plan): take OUT/.lock, skip every stored cell key, store each new cell in one transaction.
+    ``cell_lines``: echo a summary line per finished cell (`genft eval`'s console output)."""
+    out = Path(out)
     echo = echo if distributed.is_main() else (lambda line: None)
     with _exclusive(out), disk_full_is_one_line(out, "training and evaluating"):
         runner = _Runner(plan, out, backends or Backends(), progress and distributed.is_main(),
-                         echo, where)
+                         echo, executor or make_executor("local", None, None), cell_lines)
         runner.execute()
         return RunOutcome(out, plan, runner.computed, runner.trained)
 
@@ -131,9 +143,10 @@ class _Runner:
     where it runs. On ranks other than 0 (torchrun/srun) there is no store: rank 0 decides,
     and those ranks only join the collective training and evaluation."""
 
-    def __init__(self, plan: Plan, out: Path, backends: Backends, progress: bool, echo, executor):
+    def __init__(self, plan: Plan, out: Path, backends: Backends, progress: bool, echo, executor,
+                 cell_lines: bool = False):
         self.plan, self.out, self.b, self.progress, self.echo = plan, out, backends, progress, echo
-        self.executor = executor
+        self.executor, self.cell_lines = executor, cell_lines
         self.store = Store(out / DB_FILE) if distributed.is_main() else None
         self.log = _file_logger(out / LOG_FILE) if distributed.is_main() else logging.getLogger("genft.rank")
         self.stages: dict[str, float] = defaultdict(float)
@@ -154,8 +167,9 @@ class _Runner:
         done, trained = distributed.main_decides(self._stored)
         self.log.info("run %s: %d cells planned, %d already stored, %d training jobs", self.run_id,
                       len(planned), len(planned & done), len(self.plan.jobs))
-        self.bar = tqdm(total=len(planned), initial=len(planned & done), desc="cells", unit="cell",
-                        position=0, disable=not self.progress, dynamic_ncols=True)
+        if self.cell_lines and planned & done:
+            self.echo(f"{len(planned & done)} of {len(planned)} cells already in {self.out}, skipped")
+        self.bar = RunProgress(self.plan, planned & done, set(trained), self.progress)
         status = "failed"
         try:
             units = self._eval_units(self.plan.base, cfg.model.name, done)
@@ -207,20 +221,23 @@ class _Runner:
 
         def announce() -> None:  # when it starts, not when it is planned
             if final is None:
+                self.bar.doing(f"training {job.label}")
                 self.log.info("training %s on %s (size %s, seed %d)%s -> %s", job.label,
                               "+".join(job.tasks), job.train_size, job.seed,
                               " [resuming]" if resume else "", out_dir)
 
         registered = distributed.main_decides(
             lambda: {m.key for m in steps if self.store.checkpoint(m.key) is not None})
+        in_process = self.progress and self.executor.in_process
         args = (self.b, job, final, str(out_dir), resume, self.plan.config.model,
-                [(m.key, m.step, m.key not in registered) for m in steps],
-                self.progress and self.executor.in_process)
+                [(m.key, m.step, m.key not in registered) for m in steps], in_process,
+                (lambda share: self.bar.training(job, share)) if in_process else None)
         return [Unit("train", train_job, args, lambda r: self._trained(job, r, done),
                      label=_job_name(job), on_start=announce)]
 
     def _trained(self, job: TrainJob, result: TrainedJob, done: set[str]) -> list[Unit]:
         """Record a job's checkpoints (final, then intermediate); return its evaluations."""
+        self.bar.trained(job)
         if result.seconds is not None:
             self.stages[f"training: {_job_name(job)}"] += result.seconds
             self.trained += 1
@@ -276,9 +293,12 @@ class _Runner:
         if model.job is not None:
             name += f" ({'+'.join(model.job.tasks)})"
         args = (self.b, str(ref), pending, tuple(self.plan.include), self.plan.config.eval_batch_size,
-                self.progress and self.executor.in_process, self.load_options)
+                self.progress and self.executor.in_process, self.load_options,
+                self.plan.config.backend)
         return [Unit("eval", evaluate_model, args, lambda r: self._evaluated(name, r, done),
-                     label=name)]
+                     label=name, on_start=lambda: (
+                         self.bar.doing(f"evaluating {name}"),
+                         self.log.info("evaluating %s: %d cells", name, len(pending))))]
 
     def _evaluated(self, name: str, evaluated: EvaluatedCell, done: set[str]) -> list[Unit]:
         cell, result = evaluated.cell, evaluated.result
@@ -290,12 +310,18 @@ class _Runner:
             self.store.add_cell(cell, record, result.items, self.run_id, provenance)
         done.add(cell.key)
         self.computed += 1
-        self.bar.update(1)
-        self.bar.set_postfix_str(f"evaluating {name}")
+        self.bar.evaluated(cell)
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items()
                             if isinstance(v, (int, float)))
         self.log.info("cell %s: %s %s %d-shot %s n=%d %.1fs %s", cell.key, cell.model.label, cell.task,
                       cell.shots, cell.format, record["n"], record["seconds"], metrics)
+        if self.cell_lines:
+            rate = record["n"] / record["seconds"] if record["seconds"] else 0.0
+            line = (f"{cell.task} {cell.shots}-shot {cell.format}: "
+                    + " ".join(f"{k}={v:.4f}" for k, v in record["metrics"].items()
+                               if isinstance(v, (int, float)))
+                    + f" ({record['n']} items, {record['seconds']:.1f} s, {rate:.1f} items/s)")
+            (self.bar.write if self.progress else self.echo)(line)
         return []
 
 
@@ -322,16 +348,17 @@ class EvaluatedCell:
 
 
 def train_job(b: Backends, job: TrainJob, final: str | None, out_dir: str, resume: bool,
-              base_model: str, steps: list[tuple[str, int, bool]], progress: bool
-              ) -> Iterator[TrainedJob]:
+              base_model: str, steps: list[tuple[str, int, bool]], progress: bool,
+              on_progress: Callable[[float], None] | None = None) -> Iterator[TrainedJob]:
     """Train ``job`` unless ``final`` already exists, then find its intermediate checkpoints
     ``steps`` (model key, step, needs registering) and compute the parameter-change statistics
-    of what is new. Collective under torchrun: every rank calls it, rank 0 decides."""
+    of what is new. Collective under torchrun: every rank calls it, rank 0 decides.
+    ``on_progress``: the trainer's per-step share of the job done (in-process only)."""
     seconds = None
     if final is None:
         start = time.time()
         cfg = b.train_config(**_per_process(job.settings), out=out_dir)
-        final = str(b.train(cfg, progress=progress, resume=resume))
+        final = str(b.train(cfg, progress=progress, resume=resume, on_progress=on_progress))
         seconds = time.time() - start
     on_disk = distributed.main_decides(lambda: {
         step: str(path) for _, step, _ in steps
@@ -369,18 +396,23 @@ def _param_change(b: Backends, base_model: str, path: str) -> dict | None:
 
 
 def evaluate_model(b: Backends, ref: str, cells: list[Cell], include: tuple[str, ...],
-                   batch_size: int, progress: bool, load_options: dict | None = None
-                   ) -> Iterator[EvaluatedCell]:
+                   batch_size: int, progress: bool, load_options: dict | None = None,
+                   backend: str = "fast") -> Iterator[EvaluatedCell]:
     """Load ``ref`` once (with the config's placement/precision ``load_options``) and evaluate
-    each cell, yielding each result as soon as it exists."""
+    each cell with evaluation backend ``backend``, yielding each result as soon as it exists.
+    Every classification task's label words are checked against the model's tokenizer first,
+    so a bad task stops the model's evaluation before its first cell, not after some of them."""
     from genft.tasks.registry import registry
 
     start = time.time()
     loaded = b.load_model(ref, **(load_options or {}))
     tasks = registry(include)
+    for name, scoring in dict.fromkeys((c.task, c.scoring) for c in cells
+                                       if c.type == "classification"):
+        b.check_label_words(tasks.get(name), loaded.tokenizer, scoring)
     for cell in cells:
         result = b.evaluate_cell(loaded, tasks.get(cell.task), cell.shots, cell.format,
-                                 progress=progress, **cell.eval_kwargs(batch_size))
+                                 progress=progress, backend=backend, **cell.eval_kwargs(batch_size))
         now = time.time()
         yield EvaluatedCell(cell, result, now - start)
         start = now
@@ -405,8 +437,7 @@ def _job_name(job: TrainJob) -> str:
 
 def _file_logger(path: Path) -> logging.Logger:
     log = logging.getLogger(f"genft.run.{path.resolve()}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    log.setLevel(logging.INFO)  # its lines reach the terminal too at the console's level (-v)
     if not log.handlers:
         handler = logging.FileHandler(path, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

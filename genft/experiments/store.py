@@ -1,6 +1,6 @@
 """The result store: one SQLite file (``results.db``) per output directory.
 
-Tables: ``runs`` (one row per `genft run` invocation: config, versions, hardware,
+Tables: ``runs`` (one row per `genft run` or `genft eval` invocation: config, versions, hardware,
 wall time per stage), ``checkpoints`` (trained models, final and intermediate),
 ``cells`` (one evaluation each, keyed by its hash) and ``items`` (per-item
 outputs). WAL mode, and one transaction per cell (the cell row and its items
@@ -111,7 +111,8 @@ class Store:
     def open_existing(cls, out: str | Path) -> Store:
         path = Path(out) / DB_FILE
         if not path.is_file():
-            raise GenftError(f"{out}: no {DB_FILE} here; is this a `genft run` output directory?")
+            raise GenftError(f"{out}: no {DB_FILE} here; is this a `genft run` or `genft eval` "
+                             f"output directory?")
         return cls(path)
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ def register(sub) -> None:
     p = sub.add_parser("report", help="(re)write the HTML + Markdown report of an output directory",
                        description="Write DIR/report.html (self-contained) and DIR/report.md. "
                                    "Works while a run is still going (a partial report).")
-    p.add_argument("dir", help="a `genft run` output directory")
+    p.add_argument("dir", help="a `genft run` or `genft eval` output directory")
     p.set_defaults(func=cmd_report)
 
 

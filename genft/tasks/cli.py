@@ -6,7 +6,9 @@ import argparse
 import json
 
 from genft.errors import GenftError
+from genft.models import DEFAULT_MODEL, ModelSpec, add_chat_template_option, prompt_tokenizer
 from genft.tasks.demos import SAMPLERS, make_sampler
+from genft.tasks.prompts import model_prompt
 from genft.tasks.registry import registry
 from genft.tasks.schema import FORMATS
 
@@ -35,6 +37,10 @@ def register(sub) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, default="first", help="how demos are chosen")
     p.add_argument("--seed", type=int, default=0, help="seed of the random sampler")
     p.add_argument("--answer", action="store_true", help="also print the gold answer after the prompt")
+    p.add_argument("--model", help="show the prompt as this model reads it: wrapped in its chat "
+                                   "template with --chat-template, or when it is a checkpoint "
+                                   "trained with one (default with --chat-template: smollm2-135m)")
+    add_chat_template_option(p)
     p.set_defaults(func=cmd_prompt)
 
 
@@ -83,7 +89,12 @@ def cmd_prompt(args) -> None:
         raise GenftError(f"--index {args.index} is out of range: {task.name} has {len(tests)} test items")
     query = tests[args.index]
     sampler = make_sampler(args.sampler, task.records("fewshot"), args.shots, task.labels, args.seed)
-    print(task.prompt(query, sampler.demos(query, args.index), args.format), end="")
+    prompt = task.prompt(query, sampler.demos(query, args.index), args.format)
+    if args.model or args.chat_template:
+        spec = ModelSpec.of(args.model or DEFAULT_MODEL).replace(chat_template=args.chat_template)
+        tokenizer, chat = prompt_tokenizer(spec)
+        prompt = model_prompt(tokenizer, prompt, chat)
+    print(prompt, end="")
     if args.answer:
         print(f"\n--- gold answer: {query['output']!r}")
     else:

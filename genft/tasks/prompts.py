@@ -16,6 +16,18 @@ One rule, used identically by training and evaluation (tested in tests/test_prom
   (``"\\n\\n"``); generation is cut at the first blank line. A demo is therefore
   ``prompt(demo) + separator + answer + "\\n\\n"``, and k demos are concatenated
   before ``prompt(query)``.
+* **Chat template** (a model with ``chat_template: true``; :func:`model_prompt`, the one
+  function training and evaluation both call). The whole k-shot prompt above, unchanged,
+  is one user message, rendered by the tokenizer's own chat template with the generation
+  prompt (the assistant header) at its end; the answer continues right after that header.
+  The separator rule applies to the rendered text as to any prompt: the common headers
+  (ChatML's ``<|im_start|>assistant\\n``, Llama 3's) end in a newline, so no space comes
+  before the answer. The terminator is unchanged: training teaches answer + blank line
+  inside the assistant turn, and generation is cut at the first blank line or stops at the
+  tokenizer's end-of-sequence token (a chat model's end of turn: SmolLM2's ``<|im_end|>``).
+  Demos stay inside the user message (not as earlier turns), so with first-k demos every
+  wrapped prompt still starts with the same text and the evaluator's shared token prefix
+  keeps them (tests/test_chat_template.py checks the cache stays exact).
 """
 
 from __future__ import annotations
@@ -95,6 +107,46 @@ def target_text(prompt: str, answer: str) -> str:
 def cut_generation(text: str) -> str:
     """A generated answer ends at the first blank line (the terminator)."""
     return text.split(TERMINATOR, 1)[0].strip()
+
+
+def check_chat_template(tokenizer, model: str) -> None:
+    """Refuse ``chat_template: true`` for a tokenizer that carries no chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise GenftError(f"model {model!r}: chat_template is on, but its tokenizer has no chat "
+                         f"template (no chat_template in tokenizer_config.json or "
+                         f"chat_template.jinja); use a chat/instruct model or chat_template: false")
+
+
+def model_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
+    """The text the model reads for ``prompt`` (a k-shot prompt): the prompt itself, or with
+    ``chat_template`` the prompt as one user turn of the tokenizer's chat template, ending in
+    the assistant header (see the module docstring).
+
+    Trailing spaces are stripped as :func:`render` strips them (the separator rule). A BOS
+    token written by the template is dropped when the tokenizer adds one itself, so the token
+    ids equal ``apply_chat_template(..., tokenize=True)``'s, never a doubled BOS.
+    """
+    if not chat_template:
+        return prompt
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                             add_generation_prompt=True, tokenize=False)
+    except Exception as e:  # no template, or one that raises on a lone user turn
+        check_chat_template(tokenizer, getattr(tokenizer, "name_or_path", "?"))
+        raise GenftError(f"the tokenizer's chat template failed on a user turn: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+                         ) from None
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and _adds_bos(tokenizer):
+        text = text[len(bos):]
+    return text.rstrip(" \t")
+
+
+def _adds_bos(tokenizer) -> bool:
+    """Whether tokenizing with special tokens puts a BOS token in front."""
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return len(with_special) > len(plain) and with_special[0] == tokenizer.bos_token_id
 
 
 def kshot_prompt(template: str, query: dict, demos: Sequence[dict]) -> str:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import get_args
 
+from genft import console
 from genft.cliutil import renamed
 from genft.models import ModelSpec, add_model_options, model_options
-from genft.training.config import TrainConfig
+from genft.training.config import TRACKERS, TrainConfig
 from genft.training.method_registry import method_names
 
 # CLI flag -> TrainConfig field, for the options that map one to one.
 _PASSTHROUGH = ["method", "train_size", "epochs", "steps", "lr", "lr_schedule",
-                "warmup_steps", "weight_decay", "max_grad_norm", "batch_size", "grad_accum",
+                "warmup_steps", "warmup_ratio", "report_to", "weight_decay", "max_grad_norm", "batch_size", "grad_accum",
                 "max_length", "max_truncated_share", "shots", "seed", "save_every", "prompt_length", "prompt_init",
                 "prompt_init_text", "stage1_steps", "stage1_lr", "stage1_eval_every", "dev_size",
                 "stage2", "promot_shots", "lora_r", "lora_alpha", "lora_dropout",
@@ -38,15 +40,21 @@ def register(sub) -> None:
                    help="output directory (new, or this run's for --resume)")
     p.add_argument("--resume", action="store_true", help="continue this run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    console.add_options(p)
+    p.add_argument("--report-to", default="none", metavar="|".join(TRACKERS + ("none",)),
+                   help="experiment trackers, comma-separated (writing under OUT/trackers/)")
     g = p.add_argument_group("data and schedule")
     g.add_argument("--train-size", type=int, help="training items per task (default: all)")
     g.add_argument("--epochs", type=float, help="passes over the training set (give this or --steps)")
     g.add_argument("--steps", type=int, help="optimizer steps (give this or --epochs)")
     g.add_argument("--lr", type=float, help="learning rate (default depends on the method)")
-    g.add_argument("--lr-schedule", choices=["constant", "linear"], default="constant",
-                   help="learning rate after warmup: constant, or linear decay to 0")
+    g.add_argument("--lr-schedule", choices=get_args(TrainConfig.model_fields["lr_schedule"].annotation),
+                   default="constant", help="learning rate over each stage's steps "
+                                            "(transformers.get_scheduler; after the warmup)")
     g.add_argument("--warmup-steps", type=int, default=0,
                    help="steps of linear warmup from 0 to --lr")
+    g.add_argument("--warmup-ratio", type=float, default=0.0,
+                   help="warmup over this share of each stage's steps (instead of --warmup-steps)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     g.add_argument("--max-grad-norm", type=float, default=1.0,
                    help="clip the gradient norm to this")
@@ -112,13 +120,10 @@ def config_from_args(args) -> TrainConfig:
 def cmd_train(args) -> int:
     from genft.training.loop import train
 
-    if args.no_progress:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     from genft import distributed
 
-    final = train(config_from_args(args), progress=not args.no_progress, resume=args.resume)
+    progress = console.setup(args)
+    final = train(config_from_args(args), progress=progress, resume=args.resume)
     if distributed.is_main():
         print(final)
     return 0

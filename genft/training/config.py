@@ -7,13 +7,31 @@ GenftError line, so `genft train` never shows a pydantic traceback.
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genft.errors import GenftError, did_you_mean
 from genft.models import DEFAULT_MODEL, ModelSpec
 from genft.training.method_registry import get_method
+
+TRACKERS = ("tensorboard", "wandb", "mlflow", "aim")
+
+
+def _tracker_list(value):
+    """A name, a comma-separated string or a list; "none" (or nothing) is no tracker. Part of
+    the type, so the experiment config's copy of the field (`training: {report_to: ...}`)
+    reads it the same way."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, (list, tuple)):
+        value = [v.strip() if isinstance(v, str) else v for v in value]
+        value = list(dict.fromkeys(v for v in value if v not in ("", "none")))
+    return value
+
+
+Trackers = Annotated[list[Literal[TRACKERS]], BeforeValidator(_tracker_list)]
 
 
 class TrainConfig(BaseModel):
@@ -38,13 +56,20 @@ class TrainConfig(BaseModel):
     epochs: float | None = Field(None, gt=0)
     steps: int | None = Field(None, gt=0)
     lr: float | None = Field(None, gt=0, description="default: the method's default_lr")
-    lr_schedule: Literal["constant", "linear"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="transformers.get_scheduler's schedule, per stage (ProMoT: each "
+                                "stage its own over its own steps)")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup from lr 0 over the first N steps")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="warmup over this share of a stage's "
+                                                             "steps (instead of warmup_steps)")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     batch_size: int = Field(8, gt=0, description="per device")
     grad_accum: int = Field(1, gt=0)
     seed: int = 0
+    report_to: Trackers = Field(
+        [], description="experiment trackers (Accelerate's): tensorboard, wandb, mlflow, aim; "
+                        "default none (OUT/train_log.jsonl is always written)")
     save_every: int | None = Field(None, gt=0, description="intermediate checkpoint every N steps")
 
     # memory and speed on a GPU
@@ -91,6 +116,8 @@ class TrainConfig(BaseModel):
             raise ValueError(str(e)) from None
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("give exactly one of epochs or steps")
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError("give warmup_steps or warmup_ratio, not both")
         if len(self.tasks) < method.min_tasks:
             raise ValueError(f"method {self.method} needs at least {method.min_tasks} tasks")
         return self
@@ -102,13 +129,20 @@ class TrainConfig(BaseModel):
     def identity(self) -> dict:
         """What makes two runs the same run (for --resume, the output-directory guard and the
         grid's job keys). Placement (device, attention kernel, gradient checkpointing) does not
-        change what is computed; mixed precision does, and counts once switched on. Without
-        these options a run's identity is what it was before they existed."""
-        data = self.model_dump(exclude={"out", "gradient_checkpointing", "model"})
+        change what is computed, nor do the trackers a run reports to; mixed precision and
+        warmup_ratio do, and count once switched on. Without these options a run's identity is
+        what it was before they existed."""
+        data = self.model_dump(exclude={"out", "gradient_checkpointing", "model", "report_to"})
         data["model"] = self.model.identity()
-        if self.mixed_precision == "no":
-            del data["mixed_precision"]
+        for key, default in (("mixed_precision", "no"), ("warmup_ratio", 0.0)):
+            if data[key] == default:
+                del data[key]
         return data
+
+    def warmup(self, steps: int) -> int:
+        """Warmup steps of a stage of ``steps`` optimizer steps (warmup_ratio rounds up, as
+        transformers' TrainingArguments does)."""
+        return self.warmup_steps or math.ceil(self.warmup_ratio * steps)
 
 
 def _one_line(e: ValidationError) -> str:

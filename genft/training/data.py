@@ -5,7 +5,9 @@ line: the same terminator evaluation cuts generations at, so the model learns to
 stop), tokenized the way that blank line tokenizes inside a k-shot prompt
 (``tokenize_as_demos``). The loss covers only the target tokens. With ``shots`` > 0 (FTICL,
 ProMoT + 1-shot) the prompt is a k-shot prompt whose demos come from the
-training pool; demo tokens are part of the prompt and so carry no loss.
+training pool; demo tokens are part of the prompt and so carry no loss. A model with
+``chat_template`` on is trained on its prompts wrapped exactly as evaluation wraps them
+(:func:`genft.tasks.prompts.model_prompt`); template tokens are prompt too.
 
 Batches are built to waste little compute on padding: examples are shuffled,
 sorted by length inside large chunks, cut into batches, and the batch order is
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from genft.errors import GenftError
-from genft.tasks.prompts import target_text
+from genft.tasks.prompts import model_prompt, target_text
 
 SORT_CHUNK = 64  # batches per length-sorted chunk: little padding, still well mixed
 CONTINUATION_CHARS = 16  # enough of the next block to settle every merge across the boundary
@@ -93,8 +95,9 @@ def _draw(rng: random.Random, candidates, index: int, taken: list[int]) -> int:
 
 
 def encode(tokenizer, prompts: list[str], answers: list[str], max_length: int, task: int,
-           n_demos: int = 0) -> list[Example | None]:
-    """Tokenize prompt+target so that the loss starts right after the prompt's tokens.
+           n_demos: int = 0, chat_template: bool = False) -> list[Example | None]:
+    """Tokenize prompt+target so that the loss starts right after the prompt's tokens
+    (``prompts`` as the task renders them; ``chat_template`` wraps them as the model reads them).
 
     Prompt tokens are normally a prefix of the full text's tokens (the separator
     rule in genft.tasks.prompts makes sure of it); if a merge crosses the boundary,
@@ -103,11 +106,13 @@ def encode(tokenizer, prompts: list[str], answers: list[str], max_length: int, t
     drops whole demos instead). The answer is never cut: an example whose target
     alone leaves no room for a prompt token is None (skipped, and counted).
     """
-    prompt_ids = tokenizer(prompts).input_ids
-    full_ids = tokenize_as_demos(tokenizer, [p + target_text(p, a) for p, a in zip(prompts, answers)],
+    texts = [model_prompt(tokenizer, p, chat_template) for p in prompts]
+    prompt_ids = tokenizer(texts).input_ids
+    # the blank line after the answer tokenizes as before a next demo (the task's own text)
+    full_ids = tokenize_as_demos(tokenizer, [t + target_text(t, a) for t, a in zip(texts, answers)],
                                  [p[:CONTINUATION_CHARS] for p in prompts])
     examples: list[Example | None] = []
-    for prompt, p_ids, ids in zip(prompts, prompt_ids, full_ids):
+    for prompt, p_ids, ids in zip(texts, prompt_ids, full_ids):
         start = 0
         while start < min(len(p_ids), len(ids)) and p_ids[start] == ids[start]:
             start += 1
@@ -148,7 +153,7 @@ def tokenize_as_demos(tokenizer, texts: list[str], continuations: list[str]) -> 
 
 
 def build_examples(tasks, tokenizer, records_per_task: list[list[dict]], shots: list[int],
-                   max_length: int, seed: int) -> list[Example]:
+                   max_length: int, seed: int, chat_template: bool = False) -> list[Example]:
     """Examples for every task; ``shots[i]`` demos (drawn from that task's pool) per input.
 
     An input longer than ``max_length`` loses whole demos, the oldest (first, farthest
@@ -156,6 +161,7 @@ def build_examples(tasks, tokenizer, records_per_task: list[list[dict]], shots: 
     evaluation shows (a cut demo starts mid-sentence, without its header). Only with no
     demo left is the query cut from the left, as evaluation cuts a too-long context. An
     example whose answer alone does not fit is skipped. :func:`truncation` counts both.
+    ``chat_template``: prompts are wrapped in the tokenizer's chat template (see :func:`encode`).
     """
     examples = []
     for t, (task, pool, k) in enumerate(zip(tasks, records_per_task, shots)):
@@ -166,12 +172,13 @@ def build_examples(tasks, tokenizer, records_per_task: list[list[dict]], shots: 
         demos = [fticl_demos(pool, i, k, task.labels, rng, by_label) if k else []
                  for i in range(len(pool))]
         prompts = [task.prompt(r, d, "prompt1") for r, d in zip(pool, demos)]
-        encoded = encode(tokenizer, prompts, [r["output"] for r in pool], max_length, t, k)
+        encoded = encode(tokenizer, prompts, [r["output"] for r in pool], max_length, t, k,
+                         chat_template)
         for record, chosen, ex in zip(pool, demos, encoded):
             while ex is not None and ex.cut and chosen:  # too long: drop the oldest demo
                 chosen = chosen[1:]
                 (ex,) = encode(tokenizer, [task.prompt(record, chosen, "prompt1")],
-                               [record["output"]], max_length, t, len(chosen))
+                               [record["output"]], max_length, t, len(chosen), chat_template)
             if ex is not None:
                 ex.asked_demos = k
                 examples.append(ex)

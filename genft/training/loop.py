@@ -10,6 +10,7 @@ Output directory (the checkpoints' format and layout: genft/training/checkpoint.
 
     OUT/genft_train.json        the run's config (guards against mixing two runs in one folder)
     OUT/train_log.jsonl         one line per step: stage, step, loss, lr, tokens/s (pandas.read_json)
+    OUT/trackers/               what the trackers of ``report_to`` write (TensorBoard: trackers/genft/)
     OUT/stage1/                 ProMoT: the stage-1 checkpoint (best soft prompt on dev)
     OUT/checkpoints/step-000050/  intermediate checkpoints of the last stage (save_every)
     OUT/training_state.pt       optimizer + RNG + step of the newest intermediate checkpoint
@@ -19,10 +20,14 @@ Output directory (the checkpoints' format and layout: genft/training/checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -39,20 +44,25 @@ from genft.training.methods import PromptedLM, add_lora, make_prompts, param_gro
 
 RUN_FILE = "genft_train.json"
 LOG_FILE = "train_log.jsonl"
+TRACKERS_DIR = "trackers"
+log = logging.getLogger(__name__)
 
 
 def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
-          loaded: LoadedModel | None = None) -> Path:
+          loaded: LoadedModel | None = None,
+          on_progress: Callable[[float], None] | None = None) -> Path:
     """Train as ``cfg`` says and return the final checkpoint directory.
 
     ``loaded`` lets a caller hand over an already loaded base model (it is
-    trained in place); otherwise ``cfg.model`` is loaded.
+    trained in place); otherwise ``cfg.model`` is loaded. ``on_progress`` is called
+    (main process) after every optimizer step with the share of the run done, 0..1
+    over all stages (`genft run`'s overall progress bar).
     """
     from accelerate import Accelerator
 
     out = Path(cfg.out)
     distributed.init()  # srun's variables become torchrun's before Accelerate reads them
-    accelerator = Accelerator(**_placement(cfg))
+    accelerator = Accelerator(**_placement(cfg), **_trackers(cfg, out))
     if resume and _sharded(accelerator):
         raise GenftError("--resume needs the whole optimizer state in one process (single "
                          "process or DDP); FSDP and DeepSpeed shard it")
@@ -61,7 +71,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
     loaded = loaded or load_model(cfg.model, training=True)
     _check_inputs(cfg, tasks, loaded, out, accelerator)
     plan = stages(cfg, tasks)
-    examples = _stage_examples(cfg, plan, tasks, pools, loaded.tokenizer, progress)
+    examples = _stage_examples(cfg, plan, tasks, pools, loaded)
     finished = _claim(out, cfg, resume, accelerator)
     if finished:
         return finished
@@ -71,12 +81,15 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
     torch.manual_seed(cfg.seed)
     run = _Run(cfg, accelerator, out, tasks, pools, loaded, progress)
     run.examples = examples
-    for i, stage in enumerate(plan):
-        run.run_stage(stage, last=i == len(plan) - 1, resume=resume)
-    final = run.save(ckpt.final_dir(out), plan[-1], step=None)
-    if run.writer:
-        run.writer.close()
-    return final
+    _start_trackers(cfg, accelerator, out)
+    try:
+        for i, stage in enumerate(plan):
+            stage_done = (lambda f, i=i: on_progress((i + f) / len(plan))) if on_progress else None
+            run.run_stage(stage, last=i == len(plan) - 1, resume=resume, on_progress=stage_done)
+        return run.save(ckpt.final_dir(out), plan[-1], step=None)
+    finally:
+        for tracker in accelerator.trackers:  # not end_training(): it ends the process group,
+            tracker.finish()                  # which `genft run` keeps for its next job
 
 
 def _check_inputs(cfg: TrainConfig, tasks, loaded: LoadedModel, out: Path, accelerator) -> None:
@@ -84,7 +97,7 @@ def _check_inputs(cfg: TrainConfig, tasks, loaded: LoadedModel, out: Path, accel
     the tokenizer cannot tell apart, a --max-length beyond the model's window, an --out that
     cannot be written."""
     for task in tasks:
-        check_label_words(task, loaded.tokenizer, "loglik")
+        check_label_words(task, loaded.tokenizer, "loglik", loaded.chat_template)
     window = getattr(loaded.model.config, "max_position_embeddings", None)
     virtual = cfg.prompt_length if uses_prompts(cfg) else 0
     if isinstance(window, int) and cfg.max_length + virtual > window:
@@ -96,7 +109,7 @@ def _check_inputs(cfg: TrainConfig, tasks, loaded: LoadedModel, out: Path, accel
     accelerator.wait_for_everyone()  # no process looks into `out` while the probe file is there
 
 
-def _stage_examples(cfg: TrainConfig, plan, tasks, pools, tokenizer, progress: bool) -> dict:
+def _stage_examples(cfg: TrainConfig, plan, tasks, pools, loaded: LoadedModel) -> dict:
     """Each stage's training examples with their truncation counts, built before the run
     claims its folder: more than ``max_truncated_share`` of the examples shortened or
     skipped is refused (the method would silently train on something else, e.g. FTICL
@@ -106,7 +119,8 @@ def _stage_examples(cfg: TrainConfig, plan, tasks, pools, tokenizer, progress: b
     for stage in plan:
         key = tuple(stage.shots)
         if key not in built:
-            examples = build_examples(tasks, tokenizer, pools, stage.shots, cfg.max_length, cfg.seed)
+            examples = build_examples(tasks, loaded.tokenizer, pools, stage.shots, cfg.max_length,
+                                      cfg.seed, loaded.chat_template)
             built[key] = examples, truncation(examples, pools)
         examples, counts = built[key]
         affected = counts["shortened"] + counts["skipped"]
@@ -117,10 +131,10 @@ def _stage_examples(cfg: TrainConfig, plan, tasks, pools, tokenizer, progress: b
                 f"tokens, {counts['skipped']} would be skipped: their answer alone is too long), "
                 f"more than max_truncated_share {cfg.max_truncated_share}; raise --max-length, "
                 f"use fewer --shots, or allow a larger --max-truncated-share")
-        if affected and progress:
-            print(f"genft: {stage.name}: {counts['shortened']} of {counts['total']} training "
-                  f"examples shortened to fit --max-length {cfg.max_length}, "
-                  f"{counts['skipped']} skipped", flush=True)
+        if affected and distributed.is_main():
+            log.warning("%s: %d of %d training examples shortened to fit --max-length %d, "
+                        "%d skipped", stage.name, counts["shortened"], counts["total"],
+                        cfg.max_length, counts["skipped"])
         out[stage.name] = examples, counts
     return out
 
@@ -156,7 +170,7 @@ class _Run:
 
     def __init__(self, cfg, accelerator, out, tasks, pools, loaded, progress):
         self.cfg, self.acc, self.out, self.tasks, self.pools = cfg, accelerator, out, tasks, pools
-        self.tokenizer = loaded.tokenizer
+        self.tokenizer, self.chat_template = loaded.tokenizer, loaded.chat_template
         self.lm = loaded.model
         self.lm.train()
         if cfg.gradient_checkpointing:
@@ -165,13 +179,13 @@ class _Run:
                         if uses_prompts(cfg) else None)
         self.progress = progress and accelerator.is_main_process
         self.world = accelerator.num_processes
-        self.writer = _tensorboard(out) if accelerator.is_main_process else None
         self.wrapped = None
         self.examples: dict[str, tuple[list, dict]] = {}  # stage -> (examples, truncation counts)
 
     # ------------------------------------------------------------------ stages
 
-    def run_stage(self, stage: Stage, last: bool, resume: bool) -> None:
+    def run_stage(self, stage: Stage, last: bool, resume: bool,
+                  on_progress: Callable[[float], None] | None = None) -> None:
         done = ckpt.stage_dir(self.out, stage.name)
         if not last and resume and ckpt.is_checkpoint(done):
             self._restore(done)  # an earlier stage finished before the interruption
@@ -185,7 +199,9 @@ class _Run:
         trainable = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(param_groups(module, self.cfg.weight_decay), lr=stage.lr,
                                       fused=_fused_ok(trainable))
+        scheduler = _scheduler(self.cfg, optimizer, steps)
         start = self._resume_point(stage, optimizer) if last and resume else 0
+        _replay(scheduler, start)
         self._trim_log(stage, start)
         self.wrapped, optimizer = self.acc.prepare(module, optimizer)
         distributed.note("train", stage=stage.name, processes=self.acc.num_processes,
@@ -196,9 +212,12 @@ class _Run:
         bar = _bar(stage, steps, start, self.progress)
         for step in range(start, steps):
             t0 = time.perf_counter()
-            lr = stage.lr * _lr_factor(self.cfg, step, steps)
-            loss, tokens = self._step(examples, schedule(step), optimizer, trainable, lr)
+            lr = scheduler.get_last_lr()[0]  # what this step's optimizer.step() uses
+            loss, tokens = self._step(examples, schedule(step), optimizer, trainable)
+            scheduler.step()
             self._log(stage, step + 1, loss, lr, tokens, time.perf_counter() - t0, bar)
+            if on_progress and self.acc.is_main_process:
+                on_progress((step + 1) / steps)
             if keeper and ((step + 1) % keeper.every == 0 or step + 1 == steps):
                 keeper.check(step + 1)
             if last and self.cfg.save_every and (step + 1) % self.cfg.save_every == 0:
@@ -209,7 +228,7 @@ class _Run:
         if not last:
             self.save(ckpt.stage_dir(self.out, stage.name), stage, step=steps)
 
-    def _step(self, examples, step_batches, optimizer, trainable, lr) -> tuple[float, int]:
+    def _step(self, examples, step_batches, optimizer, trainable) -> tuple[float, int]:
         """One optimizer step over this process's share of the step's micro-batches.
 
         The loss is summed over answer tokens and divided by the answer-token count
@@ -230,8 +249,6 @@ class _Run:
                 loss_sum = self.wrapped(**{k: v.to(self.acc.device) for k, v in inputs.items()})
                 self.acc.backward(loss_sum * (self.world / n_answer))
             total_loss += loss_sum.detach()
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         if self.cfg.max_grad_norm:
             self.acc.clip_grad_norm_(trainable, self.cfg.max_grad_norm)
         optimizer.step()
@@ -298,8 +315,7 @@ class _Run:
         self._restore(self.out / state["checkpoint"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
-        if self.progress:
-            print(f"genft: resuming {stage.name} from step {state['step']}", flush=True)
+        log.info("resuming %s from step %d", stage.name, state["step"])
         return state["step"]
 
     def _restore(self, checkpoint: Path) -> None:
@@ -351,9 +367,8 @@ class _Run:
                "seconds": round(seconds, 3)}
         with open(self.out / LOG_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.writer:
-            self.writer.add_scalar(f"{stage.name}/loss", loss, step)
-            self.writer.add_scalar(f"{stage.name}/tokens_per_s", row["tokens_per_s"], step)
+        self.acc.log({f"{stage.name}/loss": loss, f"{stage.name}/lr": lr,
+                      f"{stage.name}/tokens_per_s": row["tokens_per_s"]}, step=step)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
         bar.update(1)
 
@@ -366,7 +381,7 @@ class _BestOnDev:
         self.every = run.cfg.stage1_eval_every or max(1, stage.steps // 4)
         dev = [t.records("dev")[:run.cfg.dev_size] for t in run.tasks]
         self.examples = build_examples(run.tasks, run.tokenizer, dev, [0] * len(dev),
-                                       run.cfg.max_length, run.cfg.seed)
+                                       run.cfg.max_length, run.cfg.seed, run.chat_template)
         self.best_loss, self.best = math.inf, None
 
     def check(self, step: int) -> None:
@@ -388,6 +403,7 @@ class _BestOnDev:
             with open(self.run.out / LOG_FILE, "a") as f:
                 f.write(json.dumps({"stage": "stage1-dev", "step": step, "dev_loss": round(loss, 6),
                                     "best": loss <= self.best_loss}) + "\n")
+            self.run.acc.log({"stage1/dev_loss": loss}, step=step)
 
     def restore_best(self) -> None:
         with torch.no_grad():
@@ -428,12 +444,25 @@ def _sharded(accelerator) -> bool:
     return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def _lr_factor(cfg: TrainConfig, step: int, steps: int) -> float:
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "linear":
-        return max(0.0, (steps - step) / max(1, steps - cfg.warmup_steps))
-    return 1.0
+def _scheduler(cfg: TrainConfig, optimizer, steps: int):
+    """transformers' schedule ``lr_schedule`` over one stage's ``steps``, with its warmup.
+    Not prepared by Accelerate: its wrapper steps a scheduler once per process, for loops
+    whose step count shrinks with the process count; genft's steps are global already.
+    transformers' "constant" ignores warmup; with warmup it is "constant_with_warmup"."""
+    from transformers import get_scheduler
+
+    warmup = cfg.warmup(steps)
+    name = "constant_with_warmup" if cfg.lr_schedule == "constant" and warmup else cfg.lr_schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+
+
+def _replay(scheduler, steps: int) -> None:
+    """Bring a fresh scheduler to step ``steps`` (--resume): the schedule is a function of the
+    step alone. torch warns when a scheduler steps before its optimizer, which replaying is."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+        for _ in range(steps):
+            scheduler.step()
 
 
 def _fused_ok(params) -> bool:
@@ -449,9 +478,36 @@ def _bar(stage: Stage, steps: int, start: int, enabled: bool):
                 dynamic_ncols=True)
 
 
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # optional: the JSONL log always exists
-        return None
-    return SummaryWriter(str(out / "tensorboard"))
+_TRACKER_PACKAGES = {"tensorboard": "tensorboard (pip install 'genft[track]')", "wandb": "wandb",
+                     "mlflow": "mlflow", "aim": "aim"}
+
+
+def _trackers(cfg: TrainConfig, out: Path) -> dict:
+    """Accelerator options for ``report_to``; a tracker whose package is missing is one line
+    (Accelerate would drop it silently)."""
+    if not cfg.report_to:
+        return {}
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(t) for t in get_available_trackers()}
+    for name in cfg.report_to:
+        if name not in available:
+            raise GenftError(f"report_to: {name} is not installed; install "
+                             f"{_TRACKER_PACKAGES[name]}, or drop it from report_to")
+    return {"log_with": list(cfg.report_to), "project_dir": str(out / TRACKERS_DIR)}
+
+
+def _start_trackers(cfg: TrainConfig, accelerator, out: Path) -> None:
+    """Start the run's trackers with its hyperparameters (scalars: what every tracker takes)."""
+    if not cfg.report_to:
+        return
+    name = f"{cfg.method} {'+'.join(cfg.tasks)} seed {cfg.seed}"
+    hparams = {}
+    for key, value in cfg.identity().items():
+        if isinstance(value, dict):
+            hparams.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            hparams[key] = ",".join(map(str, value)) if isinstance(value, list) else value
+    hparams = {k: v for k, v in hparams.items() if isinstance(v, (bool, int, float, str))}
+    accelerator.init_trackers("genft", config=hparams, init_kwargs={
+        "wandb": {"name": name, "dir": str(out / TRACKERS_DIR)}, "mlflow": {"run_name": name}})
