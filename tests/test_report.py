@@ -304,8 +304,8 @@ def test_three_training_seeds_show_their_spread_in_tables_and_curves(tmp_path):
     backends = make_backends()
     fake_train = backends.train
 
-    def train(cfg, progress=True, resume=False):  # the fake's scores then differ per seed
-        final = fake_train(cfg, progress, resume)
+    def train(cfg, **kw):  # the fake's scores then differ per seed
+        final = fake_train(cfg, **kw)
         meta = json.loads((Path(final) / "meta.json").read_text())
         (Path(final) / "meta.json").write_text(json.dumps({**meta, "seed": cfg["seed"]}))
         return final
