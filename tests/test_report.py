@@ -288,3 +288,65 @@ def test_the_answer_uses_the_paired_comparison_on_the_same_items(out, monkeypatc
     a, b = calls[0]
     assert len(a) == len(b) and len(a) % 8 == 0  # whole cells of 8 items, paired item by item
     assert all(0 <= x <= 1 for x in a + b)
+
+
+def test_three_training_seeds_show_their_spread_in_tables_and_curves(tmp_path):
+    """A grid over seeds: the report lists every seed's score with mean, sd, min and max, and
+    the k-shot curves mark each seed's own value (the mean alone hides how much seeds differ)."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from genft.report import data as D, figures as F
+
+    backends = make_backends()
+    fake_train = backends.train
+
+    def train(cfg, **kw):  # the fake's scores then differ per seed
+        final = fake_train(cfg, **kw)
+        meta = json.loads((Path(final) / "meta.json").read_text())
+        (Path(final) / "meta.json").write_text(json.dumps({**meta, "seed": cfg["seed"]}))
+        return final
+
+    backends = dataclasses.replace(backends, train=train)
+    config = {"name": "seeds", "train_tasks": ["tweet_sentiment"], "methods": {"ft": {}},
+              "training": {"steps": 2}, "seeds": [0, 1, 2],
+              "test": ["tweet_sentiment", "bbc_headline"],
+              "shots": {"sentiment": [0, 2], "summarization": [1]}, "limit": 4}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    run(tmp_path / "c.yaml", tmp_path / "out", backends=backends,
+        progress=False, echo=lambda s: None)
+    data = D.collect(tmp_path / "out")
+    spread = D.seed_spread(data)
+    ft = spread[(spread["model"] == "ft") & (spread["test set"] == "tweet_sentiment")
+                & (spread["measure"] == "score")].iloc[0]
+    prim = data.final("tweet_sentiment")
+    per_seed = (prim[(prim["model"] == "ft") & (prim["test_task"] == "tweet_sentiment")]
+                .groupby("train_seed")["value"].mean())
+    assert ft["seeds"] == 3 and len(set(per_seed.round(6))) == 3
+    assert ft["sd"] == pytest.approx(np.std(per_seed.to_numpy(), ddof=1))
+    assert (ft["min"], ft["max"], ft["mean"]) == pytest.approx(
+        (per_seed.min(), per_seed.max(), per_seed.mean()))
+    assert ft["per seed"] == ", ".join(f"{s}: {v:.3f}" for s, v in per_seed.items())
+    # the fake FT answers every headline with a label word: its rates are spread rows too
+    rates = spread[(spread["model"] == "ft") & (spread["test set"] == "bbc_headline")]
+    assert set(rates["measure"]) == {"score", "label answers", "empty answers"}
+    assert spread[spread["model"] == "base"]["seeds"].eq(0).all()
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Spread over training seeds" in md and ft["per seed"] in md
+    fig = F.kshot_curves(data, "tweet_sentiment")
+    tweets = next(ax for ax in fig.axes if ax.get_title().startswith("tweet_sentiment"))
+    marks = [ln for ln in tweets.get_lines() if ln.get_marker() == "x"]
+    assert len(marks) == 1 and sorted(marks[0].get_ydata()) == pytest.approx(
+        sorted(D.kshot_seeds(data, "tweet_sentiment").query(
+            "test_task == 'tweet_sentiment' and model == 'ft'")["value"]))
+    assert len(marks[0].get_xdata()) == 3 * 2  # 3 seeds at k = 0 and k = 2
+
+
+def test_one_seed_has_no_spread_section(out):
+    from genft.report import data as D
+
+    assert D.seed_spread(D.collect(out)).empty
+    assert "Spread over training seeds" not in (out / "report.html").read_text()

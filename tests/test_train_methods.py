@@ -102,6 +102,30 @@ def test_lora_run_is_reproducible_from_its_seed(tmp_path, tiny_model):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
+def test_a_run_is_a_function_of_its_seed_not_of_what_ran_before(tmp_path):
+    """Dropout draws from torch's global generator: the trainer seeds it from ``seed``, so a
+    job trained after other work in the same process (as `genft run` trains its jobs, or a
+    resumed grid in another order) ends with the same weights as one trained first."""
+    from transformers import AutoConfig
+
+    from conftest import make_tiny_model
+    from genft.training.checkpoint import read_weights
+
+    path = make_tiny_model(tmp_path / "tiny-dropout")
+    config = AutoConfig.from_pretrained(path)
+    config.attention_dropout = 0.3
+    config.save_pretrained(path)
+    finals = []
+    for name, before in (("a", 1), ("b", 2)):
+        torch.manual_seed(before)  # whatever ran earlier in the process left this state
+        finals.append(run(tmp_path, path, name=name, method="ft", steps=2)[0])
+    wa, wb = (read_weights(f) for f in finals)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    torch.manual_seed(1)
+    wc = read_weights(run(tmp_path, path, name="c", method="ft", steps=2, seed=1)[0])
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)  # the dropout noise is drawn
+
+
 def test_prompt_tuning_keeps_model_bitwise(tmp_path, tiny_model, tiny_base):
     # 20 steps: on 10 the loss halved on the old splits but not on the text-disjoint ones
     final, log = run(tmp_path, tiny_model, method="prompt-tuning", prompt_length=8, lr=0.1,

@@ -49,3 +49,24 @@ def test_resumed_promot_skips_stage1_and_equals_uninterrupted(tmp_path, tiny_mod
     assert torch.equal(a.soft_prompts["tweet_sentiment"], b.soft_prompts["tweet_sentiment"])
     pa, pb = dict(a.model.named_parameters()), dict(b.model.named_parameters())
     assert all(torch.equal(pa[n], pb[n]) for n in pa)
+
+
+@pytest.mark.parametrize("kw, crash_at, crash_stage", [
+    (dict(method="ft", steps=5), 3, "train"),  # no intermediate checkpoint: starts over
+    (dict(method="promot", steps=4, save_every=2, stage1_steps=3, prompt_length=4, dev_size=4),
+     3, "stage2"),  # resumes stage 2 at step 2; stage 1 (and its dev rows) finished before
+])
+def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_model, monkeypatch, kw, crash_at,
+                                            crash_stage):
+    """The log of a killed attempt is not left beside the redone steps: each (stage, step)
+    appears once, with the values of the run that produced the final weights."""
+    import pandas as pd
+
+    from genft.training.loop import LOG_FILE
+
+    _, straight = run(tmp_path, tiny_model, "straight", **kw)
+    interrupted_then_resumed(tmp_path, tiny_model, monkeypatch, crash_at, crash_stage, **kw)
+    log = pd.read_json(tmp_path / "interrupted" / LOG_FILE, lines=True)
+    assert not log.duplicated(["stage", "step"]).any()
+    assert log[["stage", "step"]].values.tolist() == straight[["stage", "step"]].values.tolist()
+    assert log["loss"].dropna().tolist() == straight["loss"].dropna().tolist()

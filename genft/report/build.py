@@ -126,6 +126,8 @@ def make_sections(data: D.ReportData) -> list[Section]:
                 "the raw primary metrics.")
     s.tables.append(("", D.relation_summary(data)))
     sections += [s, _heatmaps(data), _examples(data), _specialization(data), _kshot(data)]
+    if (spread := _seeds(data)) is not None:
+        sections.append(spread)
     size_figs = [(g, f) for g in data.groups if (f := F.size_curves(data, g)) is not None]
     if size_figs:
         sections.append(Section("Training-size curves", "Primary metric averaged over shots, "
@@ -203,12 +205,27 @@ def _specialization(data: D.ReportData) -> Section:
 
 def _kshot(data: D.ReportData) -> Section:
     s = Section("k-shot curves", "Primary metric per number of in-context examples, per test set; "
-                "solid lines prompt1, dashed prompt2; averaged over training seeds. Bars: 95% "
+                "solid lines prompt1, dashed prompt2; averaged over training seeds (x marks: each "
+                "seed's own value, where a model has several). Bars: 95% "
                 "interval (± 1.96 standard errors) where the store has standard errors.")
     for group in data.groups:
         if (fig := F.kshot_curves(data, group)) is not None:
             s.figures.append((f"trained on {group}", fig))
     return s
+
+
+def _seeds(data: D.ReportData) -> Section | None:
+    table = D.seed_spread(data)
+    if table.empty:
+        return None
+    return Section("Spread over training seeds",
+                   "Each trained model's value per training seed (the seed sets the data order, "
+                   "FTICL's demos and LoRA's init), their mean, standard deviation (n − 1), min and "
+                   "max: the primary score averaged over the evaluated shots and formats and, on "
+                   "generation test sets of a classification-trained model, the label-answer and "
+                   "empty-answer rates. A difference between methods smaller than this spread is "
+                   "not a finding. Final models of the largest training size; the base model is "
+                   "not trained and has one value.", tables=[("", table)])
 
 
 def _normalized(data: D.ReportData) -> Section:

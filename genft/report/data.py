@@ -133,6 +133,55 @@ def kshot(data: ReportData, group: str) -> pd.DataFrame:
         value=("value", "mean"), se=("se", combined_se))
 
 
+def kshot_seeds(data: ReportData, group: str) -> pd.DataFrame:
+    """Like :func:`kshot`, one row per training seed of every trained model (the base model
+    has no training seed): the points behind a k-shot mean, to show the spread over seeds."""
+    d = data.final(group)
+    d = d[(d["model"] != "base") & d["train_seed"].notna()]
+    return d.groupby(["test_task", "model", "format", "shots", "train_seed"],
+                     as_index=False)["value"].mean()
+
+
+SPREAD_MEASURES = {"label_answer_rate": "label answers", "empty_answer_rate": "empty answers"}
+
+
+def seed_spread(data: ReportData) -> pd.DataFrame:
+    """group × model × test set × measure: the value of every training seed and their mean,
+    standard deviation (n − 1), min and max. Measures: the primary score (averaged over the
+    evaluated shots and formats) and, on generation test sets of a classification-trained
+    group, the label-answer and empty-answer rates. Final models of the largest training
+    size; the base model (no training seed) is the reference row. Empty unless some model
+    was trained with two or more seeds."""
+    if data.prim[data.prim["model"] != "base"].groupby("model")["train_seed"].nunique().max() < 2:
+        return pd.DataFrame()
+    rows = []
+    for group in data.groups:
+        d = data.final(group)
+        rated = d[d["test_type"] == "generation"] if data.group_words(group) else d.iloc[:0]
+        rates = data.table[data.table["metric"].isin(SPREAD_MEASURES)
+                           & data.table["cell_key"].isin(rated["cell_key"])]
+        for model in model_order(d["model"]):
+            m = d[d["model"] == model]
+            for task, t in m.groupby("test_task", sort=False):
+                measures = [("score", t)]
+                r = rates[rates["cell_key"].isin(t["cell_key"])]
+                measures += [(SPREAD_MEASURES[k], x) for k, x in r.groupby("metric")]
+                for measure, x in measures:
+                    seeds = x.groupby(x["train_seed"].fillna(-1))["value"].mean()
+                    rows.append({"train tasks": group, "model": model, "test set": task,
+                                 "measure": measure, "seeds": len(seeds) if model != "base" else 0,
+                                 "mean": seeds.mean(),
+                                 "sd": seeds.std(ddof=1) if len(seeds) > 1 else None,
+                                 "min": seeds.min(), "max": seeds.max(),
+                                 "per seed": ", ".join(
+                                     f"{int(s)}: {v:.3f}" for s, v in seeds.items())
+                                 if model != "base" else "(not trained)"})
+    df = pd.DataFrame(rows)
+    order = {"score": 0, "label answers": 1, "empty answers": 2}
+    return df.sort_values(["train tasks", "test set", "measure"], key=lambda c: c.map(
+        order) if c.name == "measure" else c, kind="stable").reset_index(drop=True)
+
+
 def size_curves(data: ReportData, group: str) -> pd.DataFrame | None:
     d = data.prim[(data.prim["group"] == group) & data.prim["step"].isna()]
     trained = d[d["model"] != "base"]

@@ -94,6 +94,9 @@ def kshot_curves(data: D.ReportData, group: str) -> plt.Figure | None:
     k = D.kshot(data, group)
     if k.empty:
         return None
+    seeds = D.kshot_seeds(data, group)
+    several = seeds.groupby("model")["train_seed"].nunique()
+    seeds = seeds[seeds["model"].isin(several[several > 1].index)]  # one seed: the line is it
     tests = list(dict.fromkeys(k["test_task"]))
     fig, axes = plt.subplots(1, len(tests), squeeze=False, figsize=(3.6 * len(tests) + 1, 3.2))
     for ax, test in zip(axes[0], tests):
@@ -105,6 +108,11 @@ def kshot_curves(data: D.ReportData, group: str) -> plt.Figure | None:
                 ax.errorbar(f["shots"], f["value"], yerr=bars, fmt=STYLES.get(fmt, ":"),
                             marker="o", ms=4, capsize=3, color=color(model, i),
                             label=f"{model} {fmt}")
+                p = seeds[(seeds["test_task"] == test) & (seeds["model"] == model)
+                          & (seeds["format"] == fmt)]
+                if len(p):  # each training seed's own value, nudged sideways per model
+                    ax.plot(p["shots"] + 0.08 * (i - 1), p["value"], ls="none", marker="x",
+                            ms=4, alpha=0.6, color=color(model, i))
         rel = data.final(group)
         rel = rel[rel["test_task"] == test]["relation"].iloc[0]
         ax.set_title(f"{test}\n({rel}; {data.tasks.get(test, {}).get('metrics', ['?'])[0]})",
@@ -115,8 +123,9 @@ def kshot_curves(data: D.ReportData, group: str) -> plt.Figure | None:
         if len(ks) == 1:  # one k: a point with its interval, centred in a readable range
             ax.set_xlim(ks[0] - 1, ks[0] + 1)
         ax.grid(alpha=0.3)
-    return _finish_curves(fig, axes, f"k-shot curves, trained on {group} "
-                                     f"(solid: prompt1, dashed: prompt2; bars: 95% interval where stored)",
+    marks = "; x: each training seed" if len(seeds) else ""
+    return _finish_curves(fig, axes, f"k-shot curves, trained on {group} (solid: prompt1, "
+                                     f"dashed: prompt2; bars: 95% interval where stored{marks})",
                           legend_from=0.86)
 
 

@@ -17,8 +17,13 @@ the model::
 
     {"format": 1, "base_model": "smollm2-135m", "method": "promot",
      "tasks": ["tweet_sentiment"], "stage": "stage2", "step": null, "train_config": {...},
+     "truncation": {"shortened": 0, "skipped": 0, "total": 400}, "torch_threads": 2,
      "weights": "full" | "lora" | "base",
      "soft_prompts": {"tweet_sentiment": "soft_prompts/tweet_sentiment.safetensors"}}
+
+``torch_threads`` is the number of CPU threads torch trained with: on a CPU the
+weights are bitwise a function of the config *and* of this number (it fixes how
+floating-point sums are split), so two runs are compared at the same thread count.
 
 ``weights: full`` means the directory holds a full ``save_pretrained`` model;
 ``lora`` a PEFT adapter in ``adapter/``; ``base`` no weights (the model was frozen:

@@ -75,6 +75,10 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
     finished = _claim(out, cfg, resume, accelerator)
     if finished:
         return finished
+    # Every random draw of the run (dropout, and anything a model or library draws from
+    # torch's global generator) follows from cfg.seed, not from what ran earlier in this
+    # process (`genft run` trains its jobs one after another in one process).
+    torch.manual_seed(cfg.seed)
     run = _Run(cfg, accelerator, out, tasks, pools, loaded, progress)
     run.examples = examples
     _start_trackers(cfg, accelerator, out)
@@ -198,6 +202,7 @@ class _Run:
         scheduler = _scheduler(self.cfg, optimizer, steps)
         start = self._resume_point(stage, optimizer) if last and resume else 0
         _replay(scheduler, start)
+        self._trim_log(stage, start)
         self.wrapped, optimizer = self.acc.prepare(module, optimizer)
         distributed.note("train", stage=stage.name, processes=self.acc.num_processes,
                          wrapper=type(self.wrapped).__name__)
@@ -285,7 +290,9 @@ class _Run:
             meta = {"base_model": self.cfg.model.name, **revision, "method": self.cfg.method,
                     "tasks": [t.name for t in self.tasks], "stage": stage.name, "step": step,
                     "train_config": self.cfg.identity(),
-                    "truncation": self.examples[stage.name][1]}
+                    "truncation": self.examples[stage.name][1],
+                    # CPU results depend on it (the order of floating-point sums), not the key
+                    "torch_threads": torch.get_num_threads()}
             ckpt.write_checkpoint(path, lm_state=lm_state, lm=self.acc.unwrap_model(self.wrapped).lm,
                                   tokenizer=self.tokenizer, prompt_tensors=prompts,
                                   weights=weights, meta=meta)
@@ -331,6 +338,26 @@ class _Run:
                     prompt.embedding.weight.copy_(tensor)
 
     # ------------------------------------------------------------------ logging
+
+    def _trim_log(self, stage: Stage, start: int) -> None:
+        """Drop what a killed attempt logged for this stage after ``start`` (the step it
+        restarts from: 0 without an intermediate checkpoint), so that every step of the
+        run's log appears once, with the values of the steps that made the weights."""
+        path = self.out / LOG_FILE
+        if not self.acc.is_main_process or not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by the kill
+            mine = row.get("stage") in (stage.name, f"{stage.name}-dev")
+            if not (mine and (row.get("step", 0) > start or start == 0)):
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if kept != lines:
+            path.write_text("".join(kept))
 
     def _log(self, stage, step, loss, lr, tokens, seconds, bar) -> None:
         if not self.acc.is_main_process:
