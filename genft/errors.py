@@ -41,6 +41,12 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 
+def unknown_name(kind: str, name: str, choices: Iterable[str]) -> str:
+    """The one message for a name missing from a registry (method, scoring rule, backend)."""
+    choices = list(choices)
+    return f"unknown {kind} {name!r}{did_you_mean(name, choices)}; choose from {', '.join(choices)}"
+
+
 def check_writable_dir(path, option: str = "--out") -> None:
     """Create ``path`` if needed and prove a file can be written there, before any work starts
     (a path under a regular file, a read-only disk, no permission: one line, not a traceback)."""

@@ -35,7 +35,7 @@ from abc import ABC, abstractmethod
 from typing import Callable, ClassVar
 
 from genft import distributed
-from genft.errors import GenftError, did_you_mean
+from genft.errors import GenftError, unknown_name
 
 DEFAULT_BACKEND = "fast"
 
@@ -134,8 +134,7 @@ def unregister_backend(name: str) -> None:
 
 def get_backend(name: str) -> type[Backend]:
     if name not in _BACKENDS:
-        raise GenftError(f"unknown backend {name!r}{did_you_mean(name, _BACKENDS)}; "
-                         f"choose from {', '.join(_BACKENDS)}")
+        raise GenftError(unknown_name("backend", name, _BACKENDS))
     entry = _BACKENDS[name]
     if isinstance(entry, str):
         module, _, attr = entry.partition(":")

@@ -39,7 +39,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-from genft.errors import GenftError, did_you_mean
+from genft.errors import GenftError, unknown_name
 
 DEFAULT_SCORING = "loglik"
 
@@ -89,8 +89,7 @@ def get_scoring(name: str | Scoring) -> Scoring:
     if isinstance(name, Scoring):
         return name
     if name not in _SCORINGS:
-        raise GenftError(f"unknown scoring {name!r}{did_you_mean(name, _SCORINGS)}; "
-                         f"choose from {', '.join(_SCORINGS)}")
+        raise GenftError(unknown_name("scoring", name, _SCORINGS))
     return _SCORINGS[name]
 
 

@@ -20,7 +20,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model,
                       field_validator, model_serializer, model_validator)
 
-from genft.errors import GenftError, did_you_mean, short
+from genft.errors import GenftError, short, unknown_name
 from genft.evaluation.backends import DEFAULT_BACKEND, backend_names
 from genft.evaluation.scoring import DEFAULT_SCORING, scoring_names
 from genft.models import DEFAULT_MODEL, ModelSpec
@@ -48,8 +48,7 @@ def _known(kind: str, names):
     a scoring rule or backend a test registers is accepted)."""
     def check(name: str) -> str:
         if name not in names():
-            raise ValueError(f"unknown {kind} {name!r}{did_you_mean(name, names())}; "
-                             f"choose from {', '.join(names())}")
+            raise ValueError(unknown_name(kind, name, names()))
         return name
     return AfterValidator(check)
 

@@ -36,7 +36,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from genft.errors import GenftError, did_you_mean
+from genft.errors import GenftError, unknown_name
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,7 @@ def unregister_method(name: str) -> None:
 
 def get_method(name: str) -> Method:
     if name not in _METHODS:
-        raise GenftError(f"unknown method {name!r}{did_you_mean(name, _METHODS)}; "
-                         f"choose from {', '.join(_METHODS)}")
+        raise GenftError(unknown_name("method", name, _METHODS))
     return _METHODS[name]
 
 
