@@ -137,6 +137,37 @@ def test_prompt_tuning_keeps_model_bitwise(tmp_path, tiny_model, tiny_base):
     assert loaded.soft_prompt_for("bbc_topic") is None
 
 
+def test_soft_prompt_gradients_are_bitwise_reproducible_on_two_threads(tiny_model):
+    """The quickstart's ProMoT numbers changed between two runs of one seed: at two threads the
+    backward of ``table[task_index]`` added a task's rows with atomic float adds in thread order."""
+    from genft.training.methods import PromptedLM
+
+    lm = load_model(tiny_model).model
+    lm.requires_grad_(False)  # stage 1: the model frozen, only the prompts train
+    prompts = torch.nn.ModuleList()
+    for _ in range(2):  # shaped like PEFT's PromptEmbedding: the table is its .embedding
+        prompts.append(torch.nn.Module())
+        prompts[-1].embedding = torch.nn.Embedding(80, lm.config.hidden_size)
+    module = PromptedLM(lm, prompts)
+    generator = torch.Generator().manual_seed(0)
+    batch = dict(input_ids=torch.randint(0, 1000, (8, 12), generator=generator),
+                 loss_rows=torch.arange(8), loss_cols=torch.full((8,), 11),
+                 loss_targets=torch.randint(0, 1000, (8,), generator=generator),
+                 task_index=torch.tensor([0, 0, 0, 0, 0, 0, 1, 1]))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # one thread is always in order; the race needs two
+    try:
+        grads = []
+        for _ in range(12):
+            prompts.zero_grad(set_to_none=True)
+            module(**batch).backward()
+            grads.append([p.embedding.weight.grad.clone() for p in prompts])
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(g[0], grads[0][0]) and torch.equal(g[1], grads[0][1]) for g in grads)
+    assert grads[0][0].abs().sum() > 0 and grads[0][1].abs().sum() > 0
+
+
 def test_promot_stage1_freezes_model_stage2_freezes_prompt(tmp_path, tiny_model, tiny_base, monkeypatch):
     seen = {}
     original_save = _Run.save

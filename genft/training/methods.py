@@ -109,12 +109,24 @@ class PromptedLM(nn.Module):
     def n_virtual(self) -> int:
         return 0 if self.prompts is None else self.prompts[0].embedding.weight.shape[0]
 
+    def soft_prompts(self, task_index: torch.Tensor) -> torch.Tensor:
+        """Each row's task prompt, [rows, n_virtual, hidden], looked up as an embedding of the task id.
+
+        Not ``table[task_index]``: on CPU with more than one thread the backward of advanced
+        indexing adds the rows of one task with atomic float adds, in whatever order the
+        threads arrive, so two runs of the same seed drifted apart (ProMoT's soft prompts
+        by 2e-4 after 30 steps, amplified by stage 2 into different answers).
+        ``F.embedding``'s backward sums in a fixed order, on CPU and CUDA.
+        """
+        table = torch.stack([p.embedding.weight for p in self.prompts])  # [tasks, n, hidden]
+        rows = F.embedding(task_index, table.flatten(1))
+        return rows.view(len(task_index), *table.shape[1:])
+
     def forward(self, input_ids, loss_rows, loss_cols, loss_targets, task_index):
         core = self.core
         embeds = core.get_input_embeddings()(input_ids)
         if self.prompts is not None:
-            table = torch.stack([p.embedding.weight for p in self.prompts])  # [tasks, n, hidden]
-            embeds = torch.cat([table[task_index].to(embeds.dtype), embeds], dim=1)
+            embeds = torch.cat([self.soft_prompts(task_index).to(embeds.dtype), embeds], dim=1)
         hidden = core.get_decoder()(inputs_embeds=embeds, use_cache=False).last_hidden_state
         logits = core.get_output_embeddings()(hidden[loss_rows, loss_cols + self.n_virtual])
         return F.cross_entropy(logits.float(), loss_targets, reduction="sum")
