@@ -106,6 +106,26 @@ def test_editing_the_config_computes_only_the_new_cells(tmp_path):
     assert set(load_results(out, all_cells=True)["cell_key"]) == set(after)
 
 
+def test_tables_list_models_in_the_config_order_not_the_order_they_were_stored(tmp_path):
+    """A method added at the front of a config and resumed is stored last but listed first."""
+    out = tmp_path / "out"
+    later_first = {**TINY, "methods": {"ft": {}}}
+    run_experiment(write_config(tmp_path, later_first), out, backends=make_backends(),
+                   progress=False, echo=lambda s: None)
+    both = {**TINY, "methods": {"fticl": {"shots": 1}, "ft": {}}}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(both, sort_keys=False))
+    run_experiment(tmp_path / "b.yaml", out, backends=make_backends(),
+                   progress=False, echo=lambda s: None)
+    stored = [r[0] for r in sqlite3.connect(out / "results.db").execute(
+        "SELECT model_label FROM cells ORDER BY rowid")]
+    assert list(dict.fromkeys(stored)) == ["base", "ft", "fticl"]
+    assert list(dict.fromkeys(load_results(out)["model"])) == ["base", "fticl", "ft"]
+    assert list(dict.fromkeys(genft.api.load_items(out)["model"])) == ["base", "fticl", "ft"]
+    genft.api.write_report(out)
+    report = (out / "report.md").read_text()
+    assert report.index("| fticl |") < report.index("| ft |")
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     lines = []
     run_experiment(write_config(tmp_path, TINY), tmp_path / "out", dry_run=True, echo=lines.append)

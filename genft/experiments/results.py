@@ -127,7 +127,7 @@ def _cells(store: Store, all_cells: bool = False):
     for r in runs:  # later runs' descriptions win
         tasks.update(r["meta"].get("tasks", {}))
     ckpts = {c["key"]: c for c in store.checkpoints()}
-    for cell in store.cells():
+    for cell in sorted(store.cells(), key=_config_order(runs)):
         if planned is not None and not all_cells and cell["key"] not in planned:
             continue  # from an earlier version of the config (or of the data)
         ck = ckpts.get(cell["model_key"])
@@ -150,6 +150,15 @@ def _cells(store: Store, all_cells: bool = False):
             "config_hash": prov.get("config_hash"),
         }
         yield cell, base, task, ck
+
+
+def _config_order(runs: list[dict]):
+    """Sort key for cells: base first, then the latest config's methods in the order it lists
+    them (labels it no longer lists last), so tables and the report read as the config does,
+    not in the order a resumed or parallel run happened to store the cells. Stable within."""
+    labels = ["base", *(runs[-1]["config"].get("methods") or {})] if runs else ["base"]
+    rank = {label: i for i, label in enumerate(labels)}
+    return lambda cell: rank.get(cell["model_label"], len(rank))
 
 
 def _primary(cell: dict, task: dict) -> str | None:
