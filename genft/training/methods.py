@@ -115,8 +115,9 @@ class PromptedLM(nn.Module):
         Not ``table[task_index]``: on CPU with more than one thread the backward of advanced
         indexing adds the rows of one task with atomic float adds, in whatever order the
         threads arrive, so two runs of the same seed drifted apart (ProMoT's soft prompts
-        by 2e-4 after 30 steps, amplified by stage 2 into different answers).
-        ``F.embedding``'s backward sums in a fixed order, on CPU and CUDA.
+        by 2e-4 after 30 steps, amplified by stage 2 into different answers; torch lists it
+        among its nondeterministic operations). ``F.embedding``'s CPU backward sums each
+        task's rows in a fixed order (tested at two threads; on CUDA not measured).
         """
         table = torch.stack([p.embedding.weight for p in self.prompts])  # [tasks, n, hidden]
         rows = F.embedding(task_index, table.flatten(1))
