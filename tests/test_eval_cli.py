@@ -59,6 +59,21 @@ def test_eval_stores_cells_and_items_and_resumes(smol, tmp_path):
     assert len(stored_cells(tmp_path)) == 2
 
 
+def test_eval_with_progress_bars_prints_each_cell_above_the_run_bar(tmp_path, capsys):
+    """The default, interactive `genft eval`: the run bar is on and each finished cell's line
+    is written above it (this crashed after the first cell, which was already stored)."""
+    from test_run_fakes import make_backends
+
+    outcome = genft.evaluate_tasks("smollm2-135m", "tweet_sentiment", tmp_path, shots=[0, 1],
+                                   limit=2, progress=True, backends=make_backends(),
+                                   echo=lambda s: None)
+    assert outcome.computed == 2 and len(stored_cells(tmp_path)) == 2
+    printed = capsys.readouterr()
+    lines = (printed.out + printed.err).replace("\r", "\n")
+    assert "tweet_sentiment 0-shot prompt1: accuracy=" in lines
+    assert "tweet_sentiment 1-shot prompt1: accuracy=" in lines
+
+
 def test_interrupt_keeps_finished_cells(smol, tmp_path):
     from genft.evaluation import evaluate_cell
 

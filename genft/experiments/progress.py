@@ -57,6 +57,10 @@ class RunProgress:
         self.bar.update(self.cells[cell.key])
         self._postfix()
 
+    def write(self, line: str) -> None:
+        """Print ``line`` above the bar without tearing it (`genft eval`'s per-cell lines)."""
+        self.bar.write(line)
+
     def close(self) -> None:
         self.bar.close()
 
