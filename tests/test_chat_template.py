@@ -13,6 +13,7 @@ import pytest
 
 from genft.cli import main
 from genft.errors import GenftError
+from genft.experiments.store import Store
 from genft.evaluation.encoding import build_inputs
 from genft.models import DEFAULT_MODEL, ModelSpec, load_model, load_tokenizer, prompt_tokenizer, resolve
 from genft.tasks.prompts import TERMINATOR, model_prompt, target_text
@@ -205,6 +206,23 @@ def test_label_words_are_checked_as_they_follow_the_assistant_header(tmp_path, c
     for builtin in tasks.all():  # every built-in task stays usable wrapped
         check_label_words(builtin, chatml, "first-token", chat_template=True)
 
+
+
+def test_a_wrapped_model_is_refused_before_its_first_cell_when_a_task_is_ambiguous_wrapped(
+        tiny_model, tmp_path, capsys):
+    """The runner checks every task's label words before the model's first cell, as the model
+    reads them: "good"/"goodness" are told apart by their first token only without the header."""
+    from test_errors_models import _task
+
+    _task(tmp_path / "tasks", "good, goodness")
+    argv = ["eval", "--model", tiny_model, "--tasks", "tweet_sentiment,mytask", "--shots", "0",
+            "--scoring", "first-token", "--include", str(tmp_path / "tasks"), "--limit", "2",
+            "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "wrapped"), "--chat-template"]) == 2
+    assert "'good' and 'goodness' start with the same token" in capsys.readouterr().err
+    assert not (tmp_path / "wrapped" / "results.db").is_file() or not Store(
+        tmp_path / "wrapped" / "results.db").cells()  # not even tweet_sentiment's cell
 
 
 def test_genft_eval_keeps_wrapped_and_plain_cells_apart(tiny_model, tmp_path, capsys):

@@ -21,6 +21,7 @@ from genft.experiments.runner import Backends
 class FakeLoaded:
     name: str
     tokenizer: object = None
+    chat_template: bool = False
 
 
 @dataclass
@@ -97,7 +98,7 @@ def make_backends(sleep: float = 0.0, calls: list | None = None) -> Backends:
 
     return Backends(load_model=load_model, train=train, train_config=train_config,
                     param_change=param_change, evaluate_cell=evaluate_cell,
-                    check_label_words=lambda task, tokenizer, scoring: None)
+                    check_label_words=lambda task, tokenizer, scoring, chat_template: None)
 
 
 if __name__ == "__main__":

@@ -409,7 +409,7 @@ def evaluate_model(b: Backends, ref: str, cells: list[Cell], include: tuple[str,
     tasks = registry(include)
     for name, scoring in dict.fromkeys((c.task, c.scoring) for c in cells
                                        if c.type == "classification"):
-        b.check_label_words(tasks.get(name), loaded.tokenizer, scoring)
+        b.check_label_words(tasks.get(name), loaded.tokenizer, scoring, loaded.chat_template)
     for cell in cells:
         result = b.evaluate_cell(loaded, tasks.get(cell.task), cell.shots, cell.format,
                                  progress=progress, backend=backend, **cell.eval_kwargs(batch_size))
