@@ -93,6 +93,13 @@ def write_grid(folder: Path, n_tasks: int) -> Path:
 
 
 @dataclass
+class _Loaded:  # what the runner reads of a loaded model
+    name: str
+    tokenizer: object = None
+    chat_template: bool = False
+
+
+@dataclass
 class _Result:
     metrics: dict
     n: int
@@ -115,16 +122,17 @@ def fake_backends() -> Backends:
         return final
 
     def evaluate_cell(loaded, task, shots, fmt, *, sampler, limit, batch_size, seed, scoring,
-                      progress=True):
+                      progress=True, backend="fast"):
         items = [{"id": f"test:{i}", "prompt_hash": f"{i:016x}",
-                  "prediction": WORDS[_unit(loaded, task.name, shots, fmt, i) > 0.5],
+                  "prediction": WORDS[_unit(loaded.name, task.name, shots, fmt, i) > 0.5],
                   "gold": WORDS[i % 2], "scores": None} for i in range(limit)]
         accuracy = sum(it["prediction"] == it["gold"] for it in items) / len(items)
         return _Result({"accuracy": accuracy, "f1": accuracy}, len(items), 0.0, items)
 
-    return Backends(load_model=lambda ref: str(ref), train=train,
+    return Backends(load_model=lambda ref, **options: _Loaded(str(ref)), train=train,
                     train_config=lambda **kw: dict(kw), param_change=lambda base, path: None,
-                    evaluate_cell=evaluate_cell)
+                    evaluate_cell=evaluate_cell,
+                    check_label_words=lambda task, tokenizer, scoring, chat_template: None)
 
 
 # ---------------------------------------------------------------- measuring
@@ -151,7 +159,7 @@ def measure(n_tasks: int, root: Path) -> dict:
 
     t_plan, p = timed(plan, repeat=3)
     cells = len(p.cells)
-    quiet = dict(progress=False, report=False, backends=fake_backends(), echo=lambda s: None)
+    quiet = dict(progress=False, backends=fake_backends(), echo=lambda s: None)  # no report
     t_run, outcome = timed(lambda: run_experiment(config, out, **quiet))
     assert outcome.computed == cells, (outcome.computed, cells)
     t_resume, again = timed(lambda: run_experiment(config, out, **quiet))
